@@ -1,0 +1,5 @@
+import sys
+
+from csi_wasm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,143 @@
+"""Command line: ``csi-wasm serve`` and friends.
+
+Every flag can also come from the environment as ``CSI_WASM_<FLAG_IN_UPPER_SNAKE>``
+(``--pull-timeout`` -> ``CSI_WASM_PULL_TIMEOUT``); repeatable flags take a comma-
+separated list there. A flag on the command line wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from csi_wasm import __version__, logs
+from csi_wasm.settings import (
+    DEFAULT_DRIVER_NAME,
+    DEFAULT_MAX_MODULE_BYTES,
+    NodeSettings,
+    PullSettings,
+    ServeSettings,
+)
+
+ENV_PREFIX = "CSI_WASM_"
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: ``90``, ``90s``, ``10m``, ``1h30m``."""
+    text = text.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        match = _DURATION.fullmatch(text)
+        if not text or match is None:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a duration like 90s, 10m or 1h30m"
+            ) from None
+        hours, minutes, secs = (float(part or 0) for part in match.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"duration {text!r} must be positive")
+    return seconds
+
+
+def parse_size(text: str) -> int:
+    units = {"": 1, "k": 1024, "ki": 1024, "m": 1024**2, "mi": 1024**2, "g": 1024**3, "gi": 1024**3}
+    match = re.fullmatch(r"(\d+)\s*([kKmMgG]i?)?[bB]?", text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 268435456 or 256Mi")
+    return int(match.group(1)) * units[(match.group(2) or "").lower()]
+
+
+def _env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _add_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    def flag(name: str, *, default: object, help: str, **kwargs: object) -> None:
+        from_env = env.get(_env_name(name))
+        if from_env is not None:
+            if kwargs.get("action") == "append":
+                default = [item.strip() for item in from_env.split(",") if item.strip()]
+            else:
+                default = from_env
+        parser.add_argument(
+            name, default=default, help=f"{help} (env {_env_name(name)})", **kwargs  # type: ignore[arg-type]
+        )
+
+    flag("--endpoint", default="unix:///csi/csi.sock", help="CSI socket, unix:///path")
+    flag("--node-id", default=os.environ.get("NODE_NAME") or socket.gethostname(),
+         help="node name reported to kubelet (default: $NODE_NAME or hostname)")
+    flag("--root", default="/var/lib/csi-wasm", help="directory the driver owns: cache, records")
+    flag("--kubelet-dir", default="/var/lib/kubelet", help="kubelet's root directory")
+    flag("--driver-name", default=DEFAULT_DRIVER_NAME, help="CSI driver name")
+    flag("--metrics-address", default=":9090",
+         help="host:port for Prometheus /metrics; empty to disable")
+    flag("--insecure-registry", default=[], action="append", metavar="HOST[:PORT]",
+         help="registry reached over plain HTTP (repeatable)")
+    flag("--registry-ca", default=None, help="PEM bundle of CAs trusted for registries")
+    flag("--max-module-bytes", default=DEFAULT_MAX_MODULE_BYTES, type=parse_size,
+         help="largest module or layer accepted, in bytes")
+    flag("--pull-timeout", default="10m", type=parse_duration,
+         help="deadline for one pull, e.g. 10m; a pull outlives kubelet's 2-minute call")
+    flag("--log-level", default="info", choices=logs.LEVELS, help="log verbosity")
+
+
+def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="csi-wasm",
+        description="Kubernetes CSI node driver that delivers WebAssembly modules to pods.",
+    )
+    parser.add_argument("--version", action="version", version=f"csi-wasm {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="serve the CSI Identity and Node services")
+    _add_flags(serve, env)
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> ServeSettings:
+    max_bytes = args.max_module_bytes
+    if isinstance(max_bytes, str):  # a default from the environment is not converted
+        max_bytes = parse_size(max_bytes)
+    timeout = args.pull_timeout
+    if isinstance(timeout, str):
+        timeout = parse_duration(timeout)
+    return ServeSettings(
+        node=NodeSettings(
+            node_id=args.node_id,
+            root=Path(args.root),
+            kubelet_dir=Path(args.kubelet_dir),
+            driver_name=args.driver_name,
+        ),
+        pull=PullSettings(
+            insecure_registries=frozenset(args.insecure_registry),
+            registry_ca=args.registry_ca,
+            max_module_bytes=max_bytes,
+            pull_timeout=timeout,
+        ),
+        endpoint=args.endpoint,
+        metrics_address=args.metrics_address,
+        log_level=args.log_level,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from(args)
+    except argparse.ArgumentTypeError as error:
+        parser.error(str(error))
+    logs.configure(settings.log_level)
+    from csi_wasm.server.serve import serve  # imports grpc: keep --help fast
+
+    try:
+        return serve(settings)
+    except ValueError as error:
+        print(f"csi-wasm: {error}", file=sys.stderr)
+        return 2

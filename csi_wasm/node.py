@@ -1,0 +1,177 @@
+"""NodePublishVolume and NodeUnpublishVolume, without gRPC.
+
+Publish is a straight line with one rollback: validate, lock the volume, get the
+module (cache or pull), record the volume, bind-mount read-only, check the mount.
+Any failure after the record is written undoes the mount and the record.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from csi_wasm import attributes
+from csi_wasm.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+)
+from csi_wasm.locks import VolumeLocks
+from csi_wasm.mounts import READ_ONLY_OPTIONS, MountEntry
+from csi_wasm.puller import PulledModule
+from csi_wasm.registry import Keychain
+from csi_wasm.volumes import VolumeRecord, VolumeRecords
+
+
+class Mounter(Protocol):
+    def bind_read_only(self, source: Path, target: Path) -> None: ...
+    def unmount(self, target: Path) -> None: ...
+    def find_mount(self, target: Path) -> MountEntry | None: ...
+
+
+class ModuleSource(Protocol):
+    def get(
+        self, request: attributes.ModuleRequest, keychain: Keychain | None, wait: float
+    ) -> PulledModule: ...
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    volume_id: str
+    target_path: str
+    block: bool  # the requested access type is block, not mount
+    volume_context: Mapping[str, str]
+    secrets: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    module_digest: str
+    module_size: int
+    from_cache: bool
+    already_published: bool
+
+
+class NodeService:
+    def __init__(
+        self,
+        pods_dir: Path,
+        modules: ModuleSource,
+        records: VolumeRecords,
+        mounter: Mounter,
+    ) -> None:
+        self._pods_dir = pods_dir.resolve()
+        self._modules = modules
+        self._records = records
+        self._mounter = mounter
+        self._locks = VolumeLocks()
+
+    def publish(self, request: PublishRequest, wait: float) -> PublishResult:
+        volume_id = _require(request.volume_id, "volume_id")
+        target = self._confine(request.target_path)
+        if request.block:
+            raise InvalidArgument(
+                "block volumes are not supported: a Wasm module is mounted as a directory; "
+                "use a mount (filesystem) volume"
+            )
+        module_request = attributes.parse_attributes(request.volume_context)
+        pod = str(attributes.pod_info(request.volume_context))
+        with self._locks.hold(volume_id):
+            existing = self._records.get(volume_id)
+            wanted = VolumeRecord(
+                volume_id=volume_id,
+                target_path=os.fspath(target),
+                url=request.volume_context[attributes.URL],
+                sha256=module_request.sha256,
+                module="",
+                pod=pod,
+            )
+            if existing is not None:
+                if not existing.same_request(wanted):
+                    raise AlreadyExists(
+                        f"volume {volume_id} is already published at {existing.target_path} "
+                        f"with url {existing.url!r}; unpublish it first"
+                    )
+                if _is_read_only(self._mounter.find_mount(target)):
+                    return PublishResult(existing.module, 0, True, already_published=True)
+            keychain = Keychain.from_secrets(request.secrets)
+            module = self._modules.get(module_request, keychain, wait)
+            record = VolumeRecord(**{**wanted.__dict__, "module": module.digest})
+            self._mount(record, module, target)
+            return PublishResult(module.digest, module.size, module.from_cache, False)
+
+    def unpublish(self, volume_id: str, target_path: str) -> None:
+        volume_id = _require(volume_id, "volume_id")
+        target = self._confine(target_path)
+        with self._locks.hold(volume_id):
+            self._mounter.unmount(target)
+            _remove_target(target)
+            self._records.delete(volume_id)
+
+    def _mount(self, record: VolumeRecord, module: PulledModule, target: Path) -> None:
+        self._records.put(record)  # first: after a crash, unpublish still finds it
+        try:
+            try:
+                target.mkdir(mode=0o750, exist_ok=True)
+            except FileNotFoundError:
+                raise InvalidArgument(
+                    f"the parent of target path {target} does not exist; kubelet creates it"
+                ) from None
+            if self._mounter.find_mount(target) is not None:
+                self._mounter.unmount(target)  # a stale mount with no record of ours
+            self._mounter.bind_read_only(module.path, target)
+            entry = self._mounter.find_mount(target)
+            if not _is_read_only(entry):
+                raise Internal(f"mount at {target} is not read-only after remount ({entry})")
+        except BaseException:
+            self._mounter.unmount(target)
+            _remove_target(target)
+            self._records.delete(record.volume_id)
+            raise
+
+    def _confine(self, target_path: str) -> Path:
+        """The target as an absolute path below ``<kubelet-dir>/pods``, or INVALID_ARGUMENT."""
+        _require(target_path, "target_path")
+        path = Path(target_path)
+        if "\0" in target_path or not path.is_absolute() or path.name in ("", ".", ".."):
+            raise InvalidArgument(f"target_path {target_path[:300]!r} is not an absolute path")
+        parent = path.parent.resolve()
+        if parent == self._pods_dir or not parent.is_relative_to(self._pods_dir):
+            raise InvalidArgument(
+                f"target_path {target_path[:300]!r} is not under {self._pods_dir}; "
+                "csi-wasm only mounts into kubelet's pod directories (check --kubelet-dir)"
+            )
+        return parent / path.name
+
+
+def _require(value: str, name: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{name} is required")
+    return value
+
+
+def _is_read_only(entry: MountEntry | None) -> bool:
+    return entry is not None and READ_ONLY_OPTIONS <= entry.options
+
+
+def _remove_target(target: Path) -> None:
+    try:
+        target.rmdir()
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise FailedPrecondition(
+            f"target path {target} is a file, not a csi-wasm mount; remove it by hand"
+        ) from None
+    except OSError as error:
+        if error.errno != errno.ENOTEMPTY:
+            raise
+        raise FailedPrecondition(
+            f"target path {target} is not empty and not mounted; csi-wasm leaves it alone"
+        ) from None
+

@@ -1,0 +1,265 @@
+"""Get a module into the store: from the cache if allowed, else from its registry.
+
+Two rules shape this module:
+
+* One download per module per node. Requests for the same module (same source,
+  sha256 and credentials) join the pull in flight rather than starting their own.
+* A pull outlives the RPC that started it. kubelet gives NodePublishVolume two
+  minutes; a large module on a slow registry may need longer. The pull runs on its
+  own thread under its own deadline (``--pull-timeout``); an RPC that runs out of
+  time returns DEADLINE_EXCEEDED, and kubelet's retry joins the same pull.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from csi_wasm.attributes import HttpSource, ModuleRequest, PullPolicy
+from csi_wasm.deadline import Deadline
+from csi_wasm.errors import DeadlineExceeded, DigestMismatch, FailedPrecondition, InvalidArgument
+from csi_wasm.formats import (
+    Unpack,
+    check_wasm_header,
+    mediatypes,
+    parse_image_manifest,
+    select_format,
+)
+from csi_wasm.formats.tarball import extract_plugin
+from csi_wasm.formats.wasm import HEADER_SIZE
+from csi_wasm.reference import Reference
+from csi_wasm.registry import Keychain, RegistryClient
+from csi_wasm.settings import PullSettings
+from csi_wasm.store import MODULE_FILE, ModuleStore
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PulledModule:
+    digest: str  # sha256 hex of plugin.wasm, the store key
+    path: Path  # the module directory to mount
+    size: int
+    manifest_digest: str | None
+    from_cache: bool
+
+
+@dataclass
+class _Pull:
+    """One download in flight, shared by every request that wants it."""
+
+    source: str
+    future: Future[PulledModule] = field(default_factory=Future)
+    started: float = field(default_factory=time.monotonic)
+    bytes_done: int = 0
+    bytes_total: int = 0
+
+    def progress(self, done: int) -> None:
+        self.bytes_done = done
+
+    def describe(self) -> str:
+        elapsed = time.monotonic() - self.started
+        if self.bytes_total:
+            return (
+                f"{self.bytes_done / MIB:.1f} of {self.bytes_total / MIB:.1f} MiB "
+                f"after {elapsed:.0f} s"
+            )
+        return f"resolving for {elapsed:.0f} s"
+
+
+PullKey = tuple[str, str | None, str | None]
+
+
+class Puller:
+    def __init__(
+        self,
+        store: ModuleStore,
+        registry: RegistryClient,
+        settings: PullSettings,
+        *,
+        max_parallel_pulls: int = 4,
+        on_pulled: Callable[[PulledModule, float], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._settings = settings
+        self._inflight: dict[PullKey, _Pull] = {}
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_parallel_pulls)
+        self._on_pulled = on_pulled
+
+    def get(self, request: ModuleRequest, keychain: Keychain | None, wait: float) -> PulledModule:
+        """The module for ``request``, waiting at most ``wait`` seconds for a download."""
+        if isinstance(request.source, HttpSource):
+            raise InvalidArgument(
+                f"url {request.source.url[:200]!r}: https sources are not supported by this "
+                "version; push the module to an OCI registry"
+            )
+        reference = request.source
+        if request.pull_policy is PullPolicy.IF_NOT_PRESENT:
+            cached = self.cached(reference, request.sha256)
+            if cached is not None:
+                return cached
+        pull = self._join_or_start(reference, request.sha256, keychain)
+        try:
+            return pull.future.result(timeout=max(0.0, wait))
+        except FutureTimeout:
+            raise DeadlineExceeded(
+                f"still pulling {reference} ({pull.describe()}); the pull continues "
+                "and kubelet's retry will pick it up"
+            ) from None
+
+    def cached(self, reference: Reference, sha256: str | None) -> PulledModule | None:
+        """The stored module for a reference, without touching the network."""
+        manifest_digest = reference.digest or self._store.manifest_for_reference(str(reference))
+        module_hex = None
+        if manifest_digest is not None:
+            module_hex = self._store.module_for_manifest(manifest_digest)
+        if module_hex is None and sha256 is not None and self._store.has_module(sha256):
+            module_hex, manifest_digest = sha256, None
+        if module_hex is None:
+            return None
+        if sha256 is not None and sha256 not in (module_hex, _hex(manifest_digest)):
+            return None  # the tag moved or the sha256 is wrong: let a pull decide
+        return self._stored(module_hex, manifest_digest, from_cache=True)
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._inflight)
+
+    # the pull itself
+
+    def _join_or_start(
+        self, reference: Reference, sha256: str | None, keychain: Keychain | None
+    ) -> _Pull:
+        credentials = keychain.for_registry(reference.registry) if keychain else None
+        key: PullKey = (str(reference), sha256, credentials.fingerprint() if credentials else None)
+        with self._lock:
+            pull = self._inflight.get(key)
+            if pull is not None:
+                return pull
+            pull = _Pull(str(reference))
+            self._inflight[key] = pull
+        thread = threading.Thread(
+            target=self._run,
+            args=(key, pull, reference, sha256, keychain),
+            name=f"pull {reference}",
+            daemon=True,  # a SIGTERM must not wait for downloads
+        )
+        thread.start()
+        return pull
+
+    def _run(
+        self,
+        key: PullKey,
+        pull: _Pull,
+        reference: Reference,
+        sha256: str | None,
+        keychain: Keychain | None,
+    ) -> None:
+        try:
+            with self._slots:
+                started = time.monotonic()
+                deadline = Deadline.after(self._settings.pull_timeout)
+                result = self._pull(pull, reference, sha256, keychain, deadline)
+            if self._on_pulled is not None:
+                self._on_pulled(result, time.monotonic() - started)
+        except BaseException as error:  # handed to every waiter
+            pull.future.set_exception(error)
+        else:
+            pull.future.set_result(result)
+        finally:
+            with self._lock:
+                self._inflight.pop(key, None)
+
+    def _pull(
+        self,
+        pull: _Pull,
+        reference: Reference,
+        sha256: str | None,
+        keychain: Keychain | None,
+        deadline: Deadline,
+    ) -> PulledModule:
+        manifest = self._registry.get_manifest(
+            reference, keychain, deadline, mediatypes.MANIFEST_ACCEPT
+        )
+        where = str(reference)
+        known = self._store.module_for_manifest(manifest.digest)
+        if known is not None:
+            _check_sha256(sha256, known, manifest.digest, where)
+            self._remember(reference, manifest.digest, known)
+            return self._stored(known, manifest.digest, from_cache=True)
+        image = parse_image_manifest(manifest.body, manifest.media_type, where)
+        package, layer = select_format(image, where)
+        limit = self._settings.max_module_bytes
+        if layer.size > limit:
+            raise FailedPrecondition(
+                f"{where} has a {layer.size}-byte layer, over the {limit}-byte limit; "
+                "raise --max-module-bytes if the module really is that large"
+            )
+        if package.unpack is Unpack.RAW:
+            # The layer is the module: a wrong sha256 is known before downloading.
+            _check_sha256(sha256, _hex(layer.digest), manifest.digest, where)
+        pull.bytes_total = layer.size
+        with self._store.temp_file() as (blob_path, blob_fd), os.fdopen(blob_fd, "w+b") as blob:
+            self._registry.fetch_blob(
+                reference, layer.digest, layer.size, blob, keychain, deadline,
+                limit=limit, progress=pull.progress,
+            )
+            blob.flush()
+            if package.unpack is Unpack.RAW:
+                blob.seek(0)
+                check_wasm_header(blob.read(HEADER_SIZE), where)
+                module_hex = _hex(layer.digest)
+                self._store.commit_module(blob_path, module_hex)
+            else:
+                blob.seek(0)
+                module_hex = self._unpack_tarball(blob, sha256, manifest.digest, where)
+        self._remember(reference, manifest.digest, module_hex)
+        return self._stored(module_hex, manifest.digest, from_cache=False)
+
+    def _remember(self, reference: Reference, manifest_digest: str, module_hex: str) -> None:
+        self._store.record_manifest(manifest_digest, module_hex)
+        if reference.digest is None:
+            self._store.record_reference(str(reference), manifest_digest)
+
+    def _unpack_tarball(
+        self, blob: BinaryIO, sha256: str | None, manifest_digest: str, where: str
+    ) -> str:
+        with self._store.temp_file() as (module_path, module_fd), os.fdopen(module_fd, "wb") as out:
+            module_hex, _ = extract_plugin(
+                blob, out, limit=self._settings.max_module_bytes, where=where
+            )
+            out.flush()
+            _check_sha256(sha256, module_hex, manifest_digest, where)
+            self._store.commit_module(module_path, module_hex)
+        return module_hex
+
+    def _stored(self, module_hex: str, manifest_digest: str | None, *, from_cache: bool) -> PulledModule:
+        path = self._store.module_dir(module_hex)
+        size = (path / MODULE_FILE).stat().st_size
+        return PulledModule(module_hex, path, size, manifest_digest, from_cache)
+
+
+def _hex(digest: str | None) -> str | None:
+    return digest.removeprefix("sha256:") if digest else None
+
+
+def _check_sha256(expected: str | None, module_hex: str, manifest_digest: str, where: str) -> None:
+    """The sha256 attribute may name the module bytes or (for OCI) the manifest, as in Istio."""
+    if expected is None or expected in (module_hex, _hex(manifest_digest)):
+        return
+    raise DigestMismatch(
+        f"sha256 mismatch for {where}: expected {expected}, but the module is {module_hex} "
+        f"and the manifest {manifest_digest}; fix the sha256 attribute or the url"
+    )

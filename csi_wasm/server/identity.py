@@ -1,0 +1,37 @@
+"""The CSI Identity service."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+from google.protobuf import wrappers_pb2
+
+from csi_wasm import __version__
+from csi_wasm._proto import csi_pb2, csi_pb2_grpc
+from csi_wasm.server.rpc import handler
+
+
+class IdentityServicer(csi_pb2_grpc.IdentityServicer):
+    def __init__(self, driver_name: str, ready: Callable[[], bool]) -> None:
+        self._driver_name = driver_name
+        self._ready = ready
+
+    @handler
+    def GetPluginInfo(
+        self, request: csi_pb2.GetPluginInfoRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.GetPluginInfoResponse:
+        return csi_pb2.GetPluginInfoResponse(name=self._driver_name, vendor_version=__version__)
+
+    @handler
+    def GetPluginCapabilities(
+        self, request: csi_pb2.GetPluginCapabilitiesRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.GetPluginCapabilitiesResponse:
+        # A node-only plugin: no CONTROLLER_SERVICE, no topology constraints.
+        return csi_pb2.GetPluginCapabilitiesResponse()
+
+    @handler
+    def Probe(
+        self, request: csi_pb2.ProbeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.ProbeResponse:
+        return csi_pb2.ProbeResponse(ready=wrappers_pb2.BoolValue(value=self._ready()))

@@ -1,0 +1,45 @@
+"""Settings of a running driver, grouped by the part that uses them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_DRIVER_NAME = "wasm.csi.dev"
+DEFAULT_MAX_MODULE_BYTES = 256 * 1024 * 1024
+DEFAULT_PULL_TIMEOUT_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class PullSettings:
+    """How modules are fetched."""
+
+    insecure_registries: frozenset[str] = frozenset()
+    registry_ca: str | None = None
+    max_module_bytes: int = DEFAULT_MAX_MODULE_BYTES
+    pull_timeout: float = DEFAULT_PULL_TIMEOUT_SECONDS
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Who this node is and where things live on it."""
+
+    node_id: str
+    root: Path = Path("/var/lib/csi-wasm")
+    kubelet_dir: Path = Path("/var/lib/kubelet")
+    driver_name: str = DEFAULT_DRIVER_NAME
+
+    @property
+    def pods_dir(self) -> Path:
+        return self.kubelet_dir / "pods"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything `csi-wasm serve` needs."""
+
+    node: NodeSettings
+    pull: PullSettings = field(default_factory=PullSettings)
+    endpoint: str = "unix:///csi/csi.sock"
+    metrics_address: str = ":9090"
+    log_level: str = "info"

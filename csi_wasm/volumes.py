@@ -1,0 +1,68 @@
+"""Records of published volumes, one small JSON file each under ``<root>/volumes``.
+
+A record is written (atomically) before the mount and removed after the unmount, so
+after a restart the driver still knows which module each target shows, and
+NodeUnpublishVolume keeps working. Records hold no secrets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from csi_wasm.atomic import remove_durably, write_atomic
+
+
+@dataclass(frozen=True)
+class VolumeRecord:
+    volume_id: str
+    target_path: str
+    url: str  # the url attribute as the pod gave it
+    sha256: str | None  # the sha256 attribute, if any
+    module: str  # sha256 hex of the published plugin.wasm
+    pod: str  # namespace/name, for logs and events
+
+    def same_request(self, other: VolumeRecord) -> bool:
+        """True when ``other`` asks for the same thing at the same place."""
+        return (self.target_path, self.url, self.sha256) == (
+            other.target_path,
+            other.url,
+            other.sha256,
+        )
+
+
+class VolumeRecords:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def prepare(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, volume_id: str) -> Path:
+        # Hashed: a volume id is caller-controlled text, not a safe file name.
+        return self.directory / (hashlib.sha256(volume_id.encode()).hexdigest() + ".json")
+
+    def get(self, volume_id: str) -> VolumeRecord | None:
+        try:
+            data = json.loads(self._path(volume_id).read_bytes())
+        except FileNotFoundError:
+            return None
+        record = VolumeRecord(**data)
+        return record if record.volume_id == volume_id else None
+
+    def put(self, record: VolumeRecord) -> None:
+        write_atomic(self._path(record.volume_id), json.dumps(asdict(record)).encode())
+
+    def delete(self, volume_id: str) -> None:
+        remove_durably(self._path(volume_id))
+
+    def all(self) -> list[VolumeRecord]:
+        records = []
+        for path in sorted(self.directory.glob("*.json")):
+            try:
+                records.append(VolumeRecord(**json.loads(path.read_bytes())))
+            except (ValueError, TypeError):
+                continue  # a record from a newer or broken version: leave it for an operator
+        return records
