@@ -1,0 +1,48 @@
+"""Shared fixtures: real registries and tools.  The logic lives in ``tests/support``."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterator
+
+import pytest
+from support.registry import Registry
+from support.tools import ContainersTools
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """An anonymous ``docker-registry`` on 127.0.0.1 for the whole session."""
+    reg = Registry(tmp_path_factory.mktemp("registry"))
+    try:
+        yield reg.start()
+    finally:
+        reg.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """An htpasswd (Basic auth) registry; ``.credentials`` is ``(username, password)``."""
+    reg = Registry(tmp_path_factory.mktemp("auth-registry"), auth=True)
+    try:
+        yield reg.start()
+    finally:
+        reg.stop()
+
+
+@pytest.fixture(scope="session")
+def container_tools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainersTools]:
+    """buildah/skopeo with private storage; caches built images for the session."""
+    tools = ContainersTools(tmp_path_factory.mktemp("containers"))
+    try:
+        yield tools
+    finally:
+        tools.close()
+
+
+@pytest.fixture
+def unique_repo(request: pytest.FixtureRequest) -> str:
+    """A repository name no other test uses, e.g. ``t/test-pull-twice-3f9a1c``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    return f"t/{slug or 'test'}-{secrets.token_hex(3)}"
