@@ -72,7 +72,9 @@ def pod_info(volume_context: Mapping[str, str]) -> PodInfo:
 def parse_attributes(volume_context: Mapping[str, str]) -> ModuleRequest:
     """Validate a NodePublishVolume volume_context; INVALID_ARGUMENT on anything off."""
     unknown = sorted(
-        key for key in volume_context if key not in ACCEPTED_KEYS and not key.startswith(KUBELET_PREFIX)
+        key
+        for key in volume_context
+        if key not in ACCEPTED_KEYS and not key.startswith(KUBELET_PREFIX)
     )
     if unknown:
         raise InvalidArgument(

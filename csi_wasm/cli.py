@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except argparse.ArgumentTypeError as error:
         parser.error(str(error))
     logs.configure(settings.log_level)
-    from csi_wasm.server.serve import serve  # imports grpc: keep --help fast
+    from csi_wasm.server.serve import serve  # noqa: PLC0415 - grpc import; keep --help fast
 
     try:
         return serve(settings)

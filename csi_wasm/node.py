@@ -125,9 +125,7 @@ class NodeService:
             if self._mounter.find_mount(target) is not None:
                 self._mounter.unmount(target)  # a stale mount with no record of ours
             self._mounter.bind_read_only(module.path, target)
-            entry = self._mounter.find_mount(target)
-            if not _is_read_only(entry):
-                raise Internal(f"mount at {target} is not read-only after remount ({entry})")
+            _check_read_only(self._mounter.find_mount(target), target)
         except BaseException:
             self._mounter.unmount(target)
             _remove_target(target)
@@ -156,7 +154,12 @@ def _require(value: str, name: str) -> str:
 
 
 def _is_read_only(entry: MountEntry | None) -> bool:
-    return entry is not None and READ_ONLY_OPTIONS <= entry.options
+    return entry is not None and entry.options >= READ_ONLY_OPTIONS
+
+
+def _check_read_only(entry: MountEntry | None, target: Path) -> None:
+    if not _is_read_only(entry):
+        raise Internal(f"mount at {target} is not read-only after remount ({entry})")
 
 
 def _remove_target(target: Path) -> None:

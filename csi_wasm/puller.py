@@ -38,7 +38,7 @@ from csi_wasm.formats.wasm import HEADER_SIZE
 from csi_wasm.reference import Reference
 from csi_wasm.registry import Keychain, RegistryClient
 from csi_wasm.settings import PullSettings
-from csi_wasm.store import MODULE_FILE, ModuleStore
+from csi_wasm.store import MODULE_FILE, ModuleStore, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,8 @@ class Puller:
                 result = self._pull(pull, reference, sha256, keychain, deadline)
             if self._on_pulled is not None:
                 self._on_pulled(result, time.monotonic() - started)
+        except OSError as error:
+            pull.future.set_exception(storage_error(error))
         except BaseException as error:  # handed to every waiter
             pull.future.set_exception(error)
         else:
@@ -245,7 +247,9 @@ class Puller:
             self._store.commit_module(module_path, module_hex)
         return module_hex
 
-    def _stored(self, module_hex: str, manifest_digest: str | None, *, from_cache: bool) -> PulledModule:
+    def _stored(
+        self, module_hex: str, manifest_digest: str | None, *, from_cache: bool
+    ) -> PulledModule:
         path = self._store.module_dir(module_hex)
         size = (path / MODULE_FILE).stat().st_size
         return PulledModule(module_hex, path, size, manifest_digest, from_cache)

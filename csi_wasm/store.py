@@ -100,13 +100,13 @@ class ModuleStore:
             with open(verified_file, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(verified_file, target)
-            os.chmod(staging, 0o755)
+            os.chmod(staging, 0o755)  # noqa: S103 - every pod may read modules
             fsync_dir(staging)
             try:
                 os.rename(staging, final)
             except OSError as error:
                 if not self.has_module(module_hex):
-                    raise _storage_error(error) from error
+                    raise storage_error(error) from error
             else:
                 fsync_dir(self.modules_dir)
         finally:
@@ -147,10 +147,11 @@ def _write_index(path: Path, data: bytes) -> None:
     try:
         write_atomic(path, data)
     except OSError as error:
-        raise _storage_error(error) from error
+        raise storage_error(error) from error
 
 
-def _storage_error(error: OSError) -> Exception:
+def storage_error(error: OSError) -> Exception:
+    """A full disk becomes RESOURCE_EXHAUSTED (kubelet retries); anything else stays a bug."""
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return ResourceExhausted(
             "the module cache disk is full; free space under --root or lower the cache size"
