@@ -67,24 +67,46 @@ def _add_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
             else:
                 default = from_env
         parser.add_argument(
-            name, default=default, help=f"{help} (env {_env_name(name)})", **kwargs  # type: ignore[arg-type]
+            name,
+            default=default,
+            help=f"{help} (env {_env_name(name)})",
+            **kwargs,  # type: ignore[arg-type]
         )
 
     flag("--endpoint", default="unix:///csi/csi.sock", help="CSI socket, unix:///path")
-    flag("--node-id", default=os.environ.get("NODE_NAME") or socket.gethostname(),
-         help="node name reported to kubelet (default: $NODE_NAME or hostname)")
+    flag(
+        "--node-id",
+        default=os.environ.get("NODE_NAME") or socket.gethostname(),
+        help="node name reported to kubelet (default: $NODE_NAME or hostname)",
+    )
     flag("--root", default="/var/lib/csi-wasm", help="directory the driver owns: cache, records")
     flag("--kubelet-dir", default="/var/lib/kubelet", help="kubelet's root directory")
     flag("--driver-name", default=DEFAULT_DRIVER_NAME, help="CSI driver name")
-    flag("--metrics-address", default=":9090",
-         help="host:port for Prometheus /metrics; empty to disable")
-    flag("--insecure-registry", default=[], action="append", metavar="HOST[:PORT]",
-         help="registry reached over plain HTTP (repeatable)")
+    flag(
+        "--metrics-address",
+        default=":9090",
+        help="host:port for Prometheus /metrics; empty to disable",
+    )
+    flag(
+        "--insecure-registry",
+        default=[],
+        action="append",
+        metavar="HOST[:PORT]",
+        help="registry reached over plain HTTP (repeatable)",
+    )
     flag("--registry-ca", default=None, help="PEM bundle of CAs trusted for registries")
-    flag("--max-module-bytes", default=DEFAULT_MAX_MODULE_BYTES, type=parse_size,
-         help="largest module or layer accepted, in bytes")
-    flag("--pull-timeout", default="10m", type=parse_duration,
-         help="deadline for one pull, e.g. 10m; a pull outlives kubelet's 2-minute call")
+    flag(
+        "--max-module-bytes",
+        default=DEFAULT_MAX_MODULE_BYTES,
+        type=parse_size,
+        help="largest module or layer accepted, in bytes",
+    )
+    flag(
+        "--pull-timeout",
+        default="10m",
+        type=parse_duration,
+        help="deadline for one pull, e.g. 10m; a pull outlives kubelet's 2-minute call",
+    )
     flag("--log-level", default="info", choices=logs.LEVELS, help="log verbosity")
 
 

@@ -28,7 +28,11 @@ MOUNTINFO = Path("/proc/self/mountinfo")
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mount.argtypes = [
-    ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_void_p,
 ]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 

@@ -177,4 +177,3 @@ def _remove_target(target: Path) -> None:
         raise FailedPrecondition(
             f"target path {target} is not empty and not mounted; csi-wasm leaves it alone"
         ) from None
-

@@ -129,7 +129,7 @@ class Puller:
             module_hex, manifest_digest = sha256, None
         if module_hex is None:
             return None
-        if sha256 is not None and sha256 not in (module_hex, _hex(manifest_digest)):
+        if sha256 is not None and sha256 not in (module_hex, _hex(manifest_digest or "")):
             return None  # the tag moved or the sha256 is wrong: let a pull decide
         return self._stored(module_hex, manifest_digest, from_cache=True)
 
@@ -215,8 +215,14 @@ class Puller:
         pull.bytes_total = layer.size
         with self._store.temp_file() as (blob_path, blob_fd), os.fdopen(blob_fd, "w+b") as blob:
             self._registry.fetch_blob(
-                reference, layer.digest, layer.size, blob, keychain, deadline,
-                limit=limit, progress=pull.progress,
+                reference,
+                layer.digest,
+                layer.size,
+                blob,
+                keychain,
+                deadline,
+                limit=limit,
+                progress=pull.progress,
             )
             blob.flush()
             if package.unpack is Unpack.RAW:
@@ -255,8 +261,8 @@ class Puller:
         return PulledModule(module_hex, path, size, manifest_digest, from_cache)
 
 
-def _hex(digest: str | None) -> str | None:
-    return digest.removeprefix("sha256:") if digest else None
+def _hex(digest: str) -> str:
+    return digest.removeprefix("sha256:")
 
 
 def _check_sha256(expected: str | None, module_hex: str, manifest_digest: str, where: str) -> None:

@@ -76,26 +76,36 @@ def main() -> None:
                     entry = find_mount(pod.target)
                     options = ",".join(sorted(entry.options)) if entry else "NOT MOUNTED"
                     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-                    print(f"    {pod.pod_name}: inode {path.stat().st_ino}  "
-                          f"sha256 {digest[:16]}…  mode {oct(path.stat().st_mode & 0o777)}  "
-                          f"mount {options}")
+                    print(
+                        f"    {pod.pod_name}: inode {path.stat().st_ino}  "
+                        f"sha256 {digest[:16]}…  mode {oct(path.stat().st_mode & 0o777)}  "
+                        f"mount {options}"
+                    )
                 blobs = registry.blob_gets(pushed.layer_digest)
                 print(f"    the registry served the module blob {blobs} time(s) for 3 pods")
                 try:
                     (pods[0].target / "plugin.wasm").write_bytes(b"tampered")
                 except OSError as error:
-                    print(f"    a pod writing to it gets: {errno.errorcode[error.errno]} "
-                          f"({os.strerror(error.errno)})")
+                    code = error.errno or 0
+                    print(
+                        f"    a pod writing to it gets: {errno.errorcode.get(code)} "
+                        f"({os.strerror(code)})"
+                    )
 
                 step("the WasmPlugin you would write")
-                print(WASM_PLUGIN.format(mount=MOUNT_PATH, sha256=pushed.module_sha256,
-                                         reference=pushed.reference))
+                print(
+                    WASM_PLUGIN.format(
+                        mount=MOUNT_PATH, sha256=pushed.module_sha256, reference=pushed.reference
+                    )
+                )
 
                 step("kubelet unpublishes the three volumes")
                 for pod in pods:
                     kubelet.unpublish(pod)
-                    print(f"    {pod.pod_name}: mounted={find_mount(pod.target) is not None}, "
-                          f"target exists={pod.target.exists()}")
+                    print(
+                        f"    {pod.pod_name}: mounted={find_mount(pod.target) is not None}, "
+                        f"target exists={pod.target.exists()}"
+                    )
         finally:
             if driver is not None:
                 driver.terminate()

@@ -92,8 +92,13 @@ def handler(method: Method[Servicer, Request, Response]) -> Method[Servicer, Req
         finally:
             _notes.reset(token)
             seconds = time.monotonic() - started
-            fields = {"method": name, **summarise(request), **notes, "code": code,
-                      "duration_ms": round(seconds * 1000, 3)}
+            fields = {
+                "method": name,
+                **summarise(request),
+                **notes,
+                "code": code,
+                "duration_ms": round(seconds * 1000, 3),
+            }
             if message:
                 fields["error"] = message
             log.log(level if code == "OK" else logging.WARNING, name, extra={"fields": fields})

@@ -87,9 +87,16 @@ def start(settings: ServeSettings) -> Driver:
     server.start()
     log.info(
         "serving",
-        extra={"fields": {"endpoint": settings.endpoint, "version": __version__,
-                          "driver": node.driver_name, "node_id": node.node_id,
-                          "root": os.fspath(node.root), "published": len(records.all())}},
+        extra={
+            "fields": {
+                "endpoint": settings.endpoint,
+                "version": __version__,
+                "driver": node.driver_name,
+                "node_id": node.node_id,
+                "root": os.fspath(node.root),
+                "published": len(records.all()),
+            }
+        },
     )
     return Driver(server, path, registry)
 

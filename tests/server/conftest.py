@@ -11,6 +11,7 @@ from support.driver import NodeDirs, StartDriver, in_process
 from support.kubelet import Kubelet
 from support.registry import Registry
 
+
 @pytest.fixture
 def node_dirs(tmp_path: Path) -> Iterator[NodeDirs]:
     dirs = NodeDirs(tmp_path)
@@ -26,7 +27,9 @@ def start_driver(node_dirs: NodeDirs) -> Iterator[StartDriver]:
     with ExitStack() as stack:
 
         def start(**pull: object) -> Kubelet:
-            _driver, kubelet = stack.enter_context(in_process(node_dirs, node_dirs.settings(**pull)))
+            _driver, kubelet = stack.enter_context(
+                in_process(node_dirs, node_dirs.settings(**pull))
+            )
             return kubelet
 
         yield start

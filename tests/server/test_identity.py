@@ -22,7 +22,9 @@ def test_no_controller_service(kubelet: Kubelet) -> None:
     assert csi_pb2.PluginCapability.Service.CONTROLLER_SERVICE not in services
 
 
-def test_probe_is_ready_only_while_the_store_is_usable(kubelet: Kubelet, node_dirs: NodeDirs) -> None:
+def test_probe_is_ready_only_while_the_store_is_usable(
+    kubelet: Kubelet, node_dirs: NodeDirs
+) -> None:
     assert kubelet.identity.Probe(csi_pb2.ProbeRequest()).ready.value is True
     shutil.rmtree(node_dirs.root)
     assert kubelet.identity.Probe(csi_pb2.ProbeRequest()).ready.value is False

@@ -11,20 +11,13 @@ from pathlib import Path
 import grpc
 import pytest
 from support.driver import NodeDirs, StartDriver, wait_for
-from support.kubelet import Kubelet
+from support.gate import gated_proxy
+from support.kubelet import Kubelet, rpc_error
 from support.oci import push_compat_image, push_wasm_artifact
 from support.registry import Registry
 from support.wasm import make_module
 
 from csi_wasm.mounts import find_mount
-
-
-
-def _code(call: object) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.RpcError) as caught:
-        call()  # type: ignore[operator]
-    error = caught.value
-    return error.code(), error.details()  # type: ignore[attr-defined]
 
 
 def _assert_published(target: Path, module: bytes) -> None:
@@ -36,7 +29,9 @@ def _assert_published(target: Path, module: bytes) -> None:
     assert {"ro", "nosuid", "nodev", "noexec"} <= entry.options
 
 
-def test_publish_wasm_artifact_read_only(kubelet: Kubelet, registry: Registry, unique_repo: str) -> None:
+def test_publish_wasm_artifact_read_only(
+    kubelet: Kubelet, registry: Registry, unique_repo: str
+) -> None:
     module = make_module(4096, "artifact")
     pushed = push_wasm_artifact(registry, unique_repo, "v1", module)
     pod = kubelet.new_pod()
@@ -86,8 +81,11 @@ def test_publish_is_idempotent(kubelet: Kubelet, registry: Registry, unique_repo
     kubelet.publish(pod, {"url": pushed.reference})
     kubelet.publish(pod, {"url": pushed.reference})
     _assert_published(pod.target, module)
-    lines = [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
-             if f" {pod.target} " in line]
+    lines = [
+        line
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if f" {pod.target} " in line
+    ]
     assert len(lines) == 1
 
 
@@ -98,7 +96,7 @@ def test_same_volume_with_other_module_is_already_exists(
     second = push_wasm_artifact(registry, unique_repo, "v2", make_module(1024, "b"))
     pod = kubelet.new_pod()
     kubelet.publish(pod, {"url": first.reference})
-    code, message = _code(lambda: kubelet.publish(pod, {"url": second.reference}))
+    code, message = rpc_error(lambda: kubelet.publish(pod, {"url": second.reference}))
     assert code == grpc.StatusCode.ALREADY_EXISTS
     assert pod.volume_id in message
 
@@ -122,8 +120,12 @@ def test_concurrent_publishes_share_one_download(
     module = make_module(1024 * 1024, "herd")
     pushed = push_wasm_artifact(registry, unique_repo, "v1", module)
     pods = [kubelet.new_pod(name=f"herd-{i}") for i in range(12)]
-    calls = [kubelet.node.NodePublishVolume.future(
-        kubelet.publish_request(pod, {"url": pushed.reference}), timeout=60) for pod in pods]
+    calls = [
+        kubelet.node.NodePublishVolume.future(
+            kubelet.publish_request(pod, {"url": pushed.reference}), timeout=60
+        )
+        for pod in pods
+    ]
     for call in calls:
         call.result()
     for pod in pods:
@@ -134,21 +136,20 @@ def test_concurrent_publishes_share_one_download(
 def test_pull_outlives_the_rpc_and_the_retry_joins_it(
     start_driver: StartDriver, registry: Registry, unique_repo: str
 ) -> None:
-    from support.gate import gated_proxy
-
     module = make_module(8192, "slow")
-    pushed = push_wasm_artifact(registry, unique_repo, "v1", module)
+    push_wasm_artifact(registry, unique_repo, "v1", module)
     with gated_proxy(registry.url) as proxy:
         kubelet = start_driver(insecure_registries=frozenset({proxy.host}))
         url = f"{proxy.host}/{unique_repo}:v1"
         pod = kubelet.new_pod()
 
-        code, _ = _code(lambda: kubelet.publish(pod, {"url": url}, timeout=2.0))
+        code, _ = rpc_error(lambda: kubelet.publish(pod, {"url": url}, timeout=2.0))
         assert code == grpc.StatusCode.DEADLINE_EXCEEDED
         assert proxy.blob_waiting.is_set()
 
         retry = kubelet.node.NodePublishVolume.future(
-            kubelet.publish_request(pod, {"url": url}), timeout=30)
+            kubelet.publish_request(pod, {"url": url}), timeout=30
+        )
         proxy.release.set()
         retry.result()
         assert proxy.blob_requests == 1
@@ -158,20 +159,19 @@ def test_pull_outlives_the_rpc_and_the_retry_joins_it(
 def test_second_operation_on_a_busy_volume_is_aborted(
     start_driver: StartDriver, registry: Registry, unique_repo: str
 ) -> None:
-    from support.gate import gated_proxy
-
     push_wasm_artifact(registry, unique_repo, "v1", make_module(1024, "busy"))
     with gated_proxy(registry.url) as proxy:
         kubelet = start_driver(insecure_registries=frozenset({proxy.host}))
         pod = kubelet.new_pod()
         url = f"{proxy.host}/{unique_repo}:v1"
         first = kubelet.node.NodePublishVolume.future(
-            kubelet.publish_request(pod, {"url": url}), timeout=30)
+            kubelet.publish_request(pod, {"url": url}), timeout=30
+        )
         wait_for(proxy.blob_waiting.is_set, what="the first pull to reach the blob")
-        code, message = _code(lambda: kubelet.publish(pod, {"url": url}))
+        code, message = rpc_error(lambda: kubelet.publish(pod, {"url": url}))
         assert code == grpc.StatusCode.ABORTED
         assert "in progress" in message
-        code, _ = _code(lambda: kubelet.unpublish(pod))
+        code, _ = rpc_error(lambda: kubelet.unpublish(pod))
         assert code == grpc.StatusCode.ABORTED
         proxy.release.set()
         first.result()
@@ -182,7 +182,9 @@ def test_digest_mismatch_leaves_nothing_cached(
 ) -> None:
     pushed = push_compat_image(registry, unique_repo, "v1", make_module(1024, "mismatch"))
     pod = kubelet.new_pod()
-    code, message = _code(lambda: kubelet.publish(pod, {"url": pushed.reference, "sha256": "ab" * 32}))
+    code, message = rpc_error(
+        lambda: kubelet.publish(pod, {"url": pushed.reference, "sha256": "ab" * 32})
+    )
     assert code == grpc.StatusCode.FAILED_PRECONDITION
     assert "sha256 mismatch" in message and "ab" * 32 in message
     assert not list((node_dirs.root / "modules").iterdir())
@@ -191,12 +193,15 @@ def test_digest_mismatch_leaves_nothing_cached(
     assert find_mount(pod.target) is None
 
 
-def test_sha256_may_name_the_manifest(kubelet: Kubelet, registry: Registry, unique_repo: str) -> None:
+def test_sha256_may_name_the_manifest(
+    kubelet: Kubelet, registry: Registry, unique_repo: str
+) -> None:
     module = make_module(1024, "by-manifest")
     pushed = push_wasm_artifact(registry, unique_repo, "v1", module)
     pod = kubelet.new_pod()
-    kubelet.publish(pod, {"url": pushed.reference,
-                          "sha256": pushed.manifest_digest.removeprefix("sha256:")})
+    kubelet.publish(
+        pod, {"url": pushed.reference, "sha256": pushed.manifest_digest.removeprefix("sha256:")}
+    )
     _assert_published(pod.target, module)
 
 
@@ -214,7 +219,9 @@ def test_publish_by_digest_then_from_cache_without_registry(
     _assert_published(second.target, module)
 
 
-def test_always_policy_follows_a_moved_tag(kubelet: Kubelet, registry: Registry, unique_repo: str) -> None:
+def test_always_policy_follows_a_moved_tag(
+    kubelet: Kubelet, registry: Registry, unique_repo: str
+) -> None:
     old, new = make_module(1024, "old"), make_module(1024, "new")
     push_wasm_artifact(registry, unique_repo, "latest", old)
     first = kubelet.new_pod()
@@ -225,12 +232,15 @@ def test_always_policy_follows_a_moved_tag(kubelet: Kubelet, registry: Registry,
     kubelet.publish(second, {"url": f"{registry.host}/{unique_repo}:latest"})
     assert (second.target / "plugin.wasm").read_bytes() == new
     third = kubelet.new_pod()
-    kubelet.publish(third, {"url": f"{registry.host}/{unique_repo}:latest",
-                            "imagePullPolicy": "IfNotPresent"})
+    kubelet.publish(
+        third, {"url": f"{registry.host}/{unique_repo}:latest", "imagePullPolicy": "IfNotPresent"}
+    )
     assert (third.target / "plugin.wasm").read_bytes() == new
 
 
-def test_many_threads_publish_and_unpublish(kubelet: Kubelet, registry: Registry, unique_repo: str) -> None:
+def test_many_threads_publish_and_unpublish(
+    kubelet: Kubelet, registry: Registry, unique_repo: str
+) -> None:
     pushed = push_wasm_artifact(registry, unique_repo, "v1", make_module(1024, "churn"))
     errors: list[BaseException] = []
 

@@ -13,7 +13,11 @@ from support.wasm import make_module
 
 @pytest.mark.parametrize("fmt", ["docker", "oci"])
 def test_buildah_compat_image(
-    kubelet: Kubelet, registry: Registry, container_tools: ContainersTools, unique_repo: str, fmt: str
+    kubelet: Kubelet,
+    registry: Registry,
+    container_tools: ContainersTools,
+    unique_repo: str,
+    fmt: str,
 ) -> None:
     module = make_module(16 * 1024, f"buildah-{fmt}")
     pushed = buildah_compat_image(registry, unique_repo, "v1", module, fmt, tools=container_tools)  # type: ignore[arg-type]
@@ -35,7 +39,9 @@ def test_skopeo_copied_artifact(
 ) -> None:
     module = make_module(4096, "skopeo")
     source = push_wasm_artifact(registry, unique_repo, "src", module)
-    copied = skopeo_copy(source, registry, registry, unique_repo + "-copy", "v1", tools=container_tools)
+    copied = skopeo_copy(
+        source, registry, registry, unique_repo + "-copy", "v1", tools=container_tools
+    )
     pod = kubelet.new_pod()
     kubelet.publish(pod, {"url": copied.reference})
     assert (pod.target / "plugin.wasm").read_bytes() == module
@@ -48,6 +54,9 @@ def test_oras_artifact_on_basic_auth_registry(
     module = make_module(4096, "oras-auth")
     pushed = oras_push_artifact(auth_registry, unique_repo, "v1", module)
     pod = kubelet.new_pod()
-    kubelet.publish(pod, {"url": pushed.reference},
-                    secrets=dockerconfigjson(auth_registry.host, *auth_registry.credentials))
+    kubelet.publish(
+        pod,
+        {"url": pushed.reference},
+        secrets=dockerconfigjson(auth_registry.host, *auth_registry.credentials),
+    )
     assert (pod.target / "plugin.wasm").read_bytes() == module

@@ -19,7 +19,9 @@ from csi_wasm.mounts import find_mount
 
 
 @pytest.fixture
-def process(node_dirs: NodeDirs, registry: Registry, auth_registry: Registry) -> Iterator[DriverProcess]:
+def process(
+    node_dirs: NodeDirs, registry: Registry, auth_registry: Registry
+) -> Iterator[DriverProcess]:
     driver = DriverProcess(
         node_dirs,
         ["--insecure-registry", registry.host, "--insecure-registry", auth_registry.host],
@@ -86,8 +88,11 @@ def test_one_json_line_per_rpc_and_no_secret_in_logs(
     process.terminate()
 
     log = process.log()
-    for secret in (password, base64.b64encode(f"{username}:{password}".encode()).decode(),
-                   secrets[".dockerconfigjson"]):
+    for secret in (
+        password,
+        base64.b64encode(f"{username}:{password}".encode()).decode(),
+        secrets[".dockerconfigjson"],
+    ):
         assert secret not in log
     entries = [json.loads(line) for line in log.splitlines()]
     rpcs = [e for e in entries if e.get("method")]

@@ -18,9 +18,7 @@ import grpc
 from csi_wasm.mounts import mounts_under, unmount
 from csi_wasm.server.serve import Driver, start
 from csi_wasm.settings import NodeSettings, PullSettings, ServeSettings
-
 from support.kubelet import Kubelet
-
 
 StartDriver = Callable[..., Kubelet]
 
@@ -77,7 +75,9 @@ def connect(dirs: NodeDirs) -> Iterator[Kubelet]:
 
 
 @contextlib.contextmanager
-def in_process(dirs: NodeDirs, settings: ServeSettings | None = None) -> Iterator[tuple[Driver, Kubelet]]:
+def in_process(
+    dirs: NodeDirs, settings: ServeSettings | None = None
+) -> Iterator[tuple[Driver, Kubelet]]:
     driver = start(settings or dirs.settings())
     try:
         with connect(dirs) as kubelet:
@@ -100,12 +100,20 @@ class DriverProcess:
 
     def start(self) -> DriverProcess:
         args = [
-            sys.executable, "-m", "csi_wasm", "serve",
-            "--endpoint", self.dirs.endpoint,
-            "--node-id", "node-1",
-            "--root", str(self.dirs.root),
-            "--kubelet-dir", str(self.dirs.kubelet_dir),
-            "--metrics-address", "",
+            sys.executable,
+            "-m",
+            "csi_wasm",
+            "serve",
+            "--endpoint",
+            self.dirs.endpoint,
+            "--node-id",
+            "node-1",
+            "--root",
+            str(self.dirs.root),
+            "--kubelet-dir",
+            str(self.dirs.kubelet_dir),
+            "--metrics-address",
+            "",
             *self.extra_args,
         ]
         log = self.log_path.open("ab")

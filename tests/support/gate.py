@@ -51,8 +51,11 @@ class GatedProxy:
             self.release.wait(timeout=60)
         headers = {k: v for k, v in handler.headers.items() if k.lower() != "host"}
         upstream = requests.request(
-            handler.command, self.upstream + handler.path, headers=headers,
-            allow_redirects=False, timeout=30,
+            handler.command,
+            self.upstream + handler.path,
+            headers=headers,
+            allow_redirects=False,
+            timeout=30,
         )
         handler.send_response(upstream.status_code)
         for name, value in upstream.headers.items():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +60,9 @@ class Kubelet:
         self.node = csi_pb2_grpc.NodeStub(self.channel)
         self.identity = csi_pb2_grpc.IdentityStub(self.channel)
 
-    def new_pod(self, name: str = "app", namespace: str = "default", volume: str = "wasm") -> PodVolume:
+    def new_pod(
+        self, name: str = "app", namespace: str = "default", volume: str = "wasm"
+    ) -> PodVolume:
         uid = str(uuid.uuid4())
         parent = self.kubelet_dir / "pods" / uid / "volumes" / "kubernetes.io~csi" / volume
         parent.mkdir(parents=True)  # kubelet creates the parent; the driver creates mount/
@@ -107,6 +109,20 @@ class Kubelet:
 
     def unpublish(self, pod: PodVolume, timeout: float = 30.0) -> None:
         self.node.NodeUnpublishVolume(
-            csi_pb2.NodeUnpublishVolumeRequest(volume_id=pod.volume_id, target_path=str(pod.target)),
+            csi_pb2.NodeUnpublishVolumeRequest(
+                volume_id=pod.volume_id, target_path=str(pod.target)
+            ),
             timeout=timeout,
         )
+
+
+def rpc_error(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    """The code and message of a call that must fail; the message must be one line."""
+    try:
+        call()
+    except grpc.RpcError as error:
+        assert isinstance(error, grpc.Call)
+        message = error.details() or ""
+        assert "\n" not in message
+        return error.code(), message
+    raise AssertionError("the call succeeded")
