@@ -16,28 +16,36 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, never half."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, never half.
+
+    ``durable=False`` skips the fsyncs: the rename is still atomic for a process
+    crash, but a power loss may lose the write. Right for state that a reboot makes
+    moot anyway (a record of a mount that the reboot removed).
+    """
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
             out.flush()
             os.fchmod(out.fileno(), mode)
-            os.fsync(out.fileno())
+            if durable:
+                os.fsync(out.fileno())
         os.replace(temp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
-def remove_durably(path: Path) -> bool:
-    """Delete ``path`` and make the deletion survive a crash; False if it was already gone."""
+def remove(path: Path, *, durable: bool = True) -> bool:
+    """Delete ``path`` (and, if ``durable``, make that survive a power loss); False if gone."""
     try:
         path.unlink()
     except FileNotFoundError:
         return False
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
     return True

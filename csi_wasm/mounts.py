@@ -75,13 +75,29 @@ def read_mountinfo(path: Path = MOUNTINFO) -> list[MountEntry]:
     return entries
 
 
-def find_mount(target: Path) -> MountEntry | None:
-    """The topmost mount at ``target``, if any."""
+def _escape(path: str) -> str:
+    return (
+        path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011")
+        .replace("\n", "\\012")
+    )
+
+
+def find_mount(target: Path, mountinfo: Path = MOUNTINFO) -> MountEntry | None:
+    """The topmost mount at ``target``, if any.
+
+    On the warm publish path with a thousand mounts on the node: a substring search
+    of the raw text, then only the matching lines are parsed.
+    """
     wanted = os.fspath(target)
+    needle = f" {_escape(wanted)} "
     found = None
-    for entry in read_mountinfo():
-        if entry.mount_point == wanted:
-            found = entry  # later lines are mounted on top of earlier ones
+    for line in mountinfo.read_text().splitlines():
+        if needle not in line:
+            continue
+        fields = line.split(" ")
+        if len(fields) >= 6 and _unescape(fields[4]) == wanted:
+            # later lines are mounted on top of earlier ones
+            found = MountEntry(wanted, _unescape(fields[3]), frozenset(fields[5].split(",")))
     return found
 
 
@@ -111,6 +127,21 @@ def bind_read_only(source: Path, target: Path) -> None:
         raise OSError(code, f"remount read-only {target}: {os.strerror(code)}")
 
 
+def shows_read_only(source: Path, target: Path) -> bool:
+    """True when ``target`` now shows ``source`` read-only, nosuid, nodev, noexec.
+
+    Asked of the kernel for this one path (stat + statvfs) rather than by formatting
+    the whole mount table, which costs about a millisecond per 300 mounts: this check
+    runs on every publish. A freshly created target has its own inode, so showing the
+    source's inode proves the bind mount is in place.
+    """
+    shown, wanted = os.stat(target), os.stat(source)
+    if (shown.st_dev, shown.st_ino) != (wanted.st_dev, wanted.st_ino):
+        return False
+    required = os.ST_RDONLY | os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC
+    return os.statvfs(target).f_flag & required == required
+
+
 def unmount(target: Path) -> None:
     """Remove every mount stacked at ``target``; a busy one is detached lazily."""
     dst = os.fsencode(target)
@@ -138,3 +169,6 @@ class KernelMounter:
 
     def find_mount(self, target: Path) -> MountEntry | None:
         return find_mount(target)
+
+    def shows_read_only(self, source: Path, target: Path) -> bool:
+        return shows_read_only(source, target)

@@ -32,6 +32,7 @@ class Mounter(Protocol):
     def bind_read_only(self, source: Path, target: Path) -> None: ...
     def unmount(self, target: Path) -> None: ...
     def find_mount(self, target: Path) -> MountEntry | None: ...
+    def shows_read_only(self, source: Path, target: Path) -> bool: ...
 
 
 class ModuleSource(Protocol):
@@ -117,15 +118,18 @@ class NodeService:
         self._records.put(record)  # first: after a crash, unpublish still finds it
         try:
             try:
-                target.mkdir(mode=0o750, exist_ok=True)
+                target.mkdir(mode=0o750)
             except FileNotFoundError:
                 raise InvalidArgument(
                     f"the parent of target path {target} does not exist; kubelet creates it"
                 ) from None
-            if self._mounter.find_mount(target) is not None:
-                self._mounter.unmount(target)  # a stale mount with no record of ours
+            except FileExistsError:
+                # Left by an earlier attempt: a mount there is stale (no record of ours).
+                if self._mounter.find_mount(target) is not None:
+                    self._mounter.unmount(target)
             self._mounter.bind_read_only(module.path, target)
-            _check_read_only(self._mounter.find_mount(target), target)
+            if not self._mounter.shows_read_only(module.path, target):
+                raise Internal(f"the mount at {target} is not a read-only bind of {module.path}")
         except BaseException:
             self._mounter.unmount(target)
             _remove_target(target)
@@ -155,11 +159,6 @@ def _require(value: str, name: str) -> str:
 
 def _is_read_only(entry: MountEntry | None) -> bool:
     return entry is not None and entry.options >= READ_ONLY_OPTIONS
-
-
-def _check_read_only(entry: MountEntry | None, target: Path) -> None:
-    if not _is_read_only(entry):
-        raise Internal(f"mount at {target} is not read-only after remount ({entry})")
 
 
 def _remove_target(target: Path) -> None:
