@@ -8,12 +8,14 @@ separated list there. A flag on the command line wins over the environment.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import socket
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from csi_wasm import __version__, logs
 from csi_wasm.settings import (
@@ -41,8 +43,8 @@ def parse_duration(text: str) -> float:
             ) from None
         hours, minutes, secs = (float(part or 0) for part in match.groups())
         seconds = hours * 3600 + minutes * 60 + secs
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"duration {text!r} must be positive")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"duration {text!r} must be positive and finite")
     return seconds
 
 
@@ -51,7 +53,34 @@ def parse_size(text: str) -> int:
     match = re.fullmatch(r"(\d+)\s*([kKmMgG]i?)?[bB]?", text.strip())
     if match is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size like 268435456 or 256Mi")
-    return int(match.group(1)) * units[(match.group(2) or "").lower()]
+    size = int(match.group(1)) * units[(match.group(2) or "").lower()]
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be positive")
+    return size
+
+
+def parse_log_level(text: str) -> str:
+    if text not in logs.LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"log level {text!r} is not one of {', '.join(logs.LEVELS)}"
+        )
+    return text
+
+
+class _AppendOverEnvironment(argparse.Action):
+    """Repeatable flag whose default comes from the environment: the command line replaces it."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        current = getattr(namespace, self.dest)
+        if current is self.default:
+            current = []
+        setattr(namespace, self.dest, [*current, values])
 
 
 def _env_name(flag: str) -> str:
@@ -59,24 +88,21 @@ def _env_name(flag: str) -> str:
 
 
 def _add_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    def flag(name: str, *, default: object, help: str, **kwargs: object) -> None:
+    def flag(name: str, *, default: object, help: str, **kwargs: Any) -> None:
+        # A string default goes through ``type`` like a command-line value, so a bad
+        # environment value is a usage error too.
         from_env = env.get(_env_name(name))
         if from_env is not None:
-            if kwargs.get("action") == "append":
+            if kwargs.get("action") is _AppendOverEnvironment:
                 default = [item.strip() for item in from_env.split(",") if item.strip()]
             else:
                 default = from_env
-        parser.add_argument(
-            name,
-            default=default,
-            help=f"{help} (env {_env_name(name)})",
-            **kwargs,  # type: ignore[arg-type]
-        )
+        parser.add_argument(name, default=default, help=f"{help} (env {_env_name(name)})", **kwargs)
 
     flag("--endpoint", default="unix:///csi/csi.sock", help="CSI socket, unix:///path")
     flag(
         "--node-id",
-        default=os.environ.get("NODE_NAME") or socket.gethostname(),
+        default=env.get("NODE_NAME") or socket.gethostname(),
         help="node name reported to kubelet (default: $NODE_NAME or hostname)",
     )
     flag("--root", default="/var/lib/csi-wasm", help="directory the driver owns: cache, records")
@@ -85,16 +111,36 @@ def _add_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     flag(
         "--metrics-address",
         default=":9090",
-        help="host:port for Prometheus /metrics; empty to disable",
+        help="host:port for Prometheus /metrics, /healthz, /readyz; empty to disable",
     )
     flag(
         "--insecure-registry",
         default=[],
-        action="append",
+        action=_AppendOverEnvironment,
         metavar="HOST[:PORT]",
         help="registry reached over plain HTTP (repeatable)",
     )
-    flag("--registry-ca", default=None, help="PEM bundle of CAs trusted for registries")
+    flag("--registry-ca", default=None, metavar="FILE", help="PEM bundle of CAs for registries")
+    flag(
+        "--registry-mirror",
+        default=[],
+        action=_AppendOverEnvironment,
+        metavar="SOURCE=MIRROR[/PREFIX]",
+        help="pull through MIRROR first, then SOURCE (repeatable)",
+    )
+    flag(
+        "--docker-config",
+        default=None,
+        metavar="FILE",
+        help="docker config.json with node credentials, used for registries a pod has none for",
+    )
+    flag(
+        "--credential-recheck",
+        default="1h",
+        type=parse_duration,
+        help="how long a verified pull secret may reuse a private cached module before the "
+        "registry is asked again",
+    )
     flag(
         "--max-module-bytes",
         default=DEFAULT_MAX_MODULE_BYTES,
@@ -107,7 +153,13 @@ def _add_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
         type=parse_duration,
         help="deadline for one pull, e.g. 10m; a pull outlives kubelet's 2-minute call",
     )
-    flag("--log-level", default="info", choices=logs.LEVELS, help="log verbosity")
+    flag(
+        "--log-level",
+        default="info",
+        type=parse_log_level,
+        metavar="{" + ",".join(logs.LEVELS) + "}",
+        help="log verbosity",
+    )
 
 
 def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
@@ -123,12 +175,6 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
 
 
 def settings_from(args: argparse.Namespace) -> ServeSettings:
-    max_bytes = args.max_module_bytes
-    if isinstance(max_bytes, str):  # a default from the environment is not converted
-        max_bytes = parse_size(max_bytes)
-    timeout = args.pull_timeout
-    if isinstance(timeout, str):
-        timeout = parse_duration(timeout)
     return ServeSettings(
         node=NodeSettings(
             node_id=args.node_id,
@@ -139,8 +185,11 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         pull=PullSettings(
             insecure_registries=frozenset(args.insecure_registry),
             registry_ca=args.registry_ca,
-            max_module_bytes=max_bytes,
-            pull_timeout=timeout,
+            max_module_bytes=args.max_module_bytes,
+            pull_timeout=args.pull_timeout,
+            registry_mirrors=tuple(args.registry_mirror),
+            docker_config=args.docker_config,
+            credential_recheck=args.credential_recheck,
         ),
         endpoint=args.endpoint,
         metrics_address=args.metrics_address,

@@ -128,13 +128,16 @@ class NodeService:
                 if self._mounter.find_mount(target) is not None:
                     self._mounter.unmount(target)
             self._mounter.bind_read_only(module.path, target)
-            if not self._mounter.shows_read_only(module.path, target):
-                raise Internal(f"the mount at {target} is not a read-only bind of {module.path}")
+            self._verify(module.path, target)
         except BaseException:
             self._mounter.unmount(target)
             _remove_target(target)
             self._records.delete(record.volume_id)
             raise
+
+    def _verify(self, source: Path, target: Path) -> None:
+        if not self._mounter.shows_read_only(source, target):
+            raise Internal(f"the mount at {target} is not a read-only bind of {source}")
 
     def _confine(self, target_path: str) -> Path:
         """The target as an absolute path below ``<kubelet-dir>/pods``, or INVALID_ARGUMENT."""

@@ -1,6 +1,6 @@
 """Get a module into the store: from the cache if allowed, else from its registry.
 
-Two rules shape this module:
+Three rules shape this module:
 
 * One download per module per node. Requests for the same module (same source,
   sha256 and credentials) join the pull in flight rather than starting their own.
@@ -8,6 +8,14 @@ Two rules shape this module:
   minutes; a large module on a slow registry may need longer. The pull runs on its
   own thread under its own deadline (``--pull-timeout``); an RPC that runs out of
   time returns DEADLINE_EXCEEDED, and kubelet's retry joins the same pull.
+* A private module stays private. The cache is shared by every pod on the node, so
+  a cached module from a repository that needed credentials is only served to a
+  request whose credentials were verified recently (see :mod:`csi_wasm.access`);
+  otherwise one manifest request checks them first.
+
+Credentials: the pod's pull secret for a registry, else the node's
+(``--docker-config``). Node credentials are every pod's, so a module they fetch
+counts as available to all pods, as kubelet treats images pulled with them.
 """
 
 from __future__ import annotations
@@ -21,11 +29,21 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, TypeVar
 
+from csi_wasm.access import AccessRecords
 from csi_wasm.attributes import HttpSource, ModuleRequest, PullPolicy
 from csi_wasm.deadline import Deadline
-from csi_wasm.errors import DeadlineExceeded, DigestMismatch, FailedPrecondition, InvalidArgument
+from csi_wasm.errors import (
+    CsiWasmError,
+    DeadlineExceeded,
+    DigestMismatch,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from csi_wasm.formats import (
     Unpack,
     check_wasm_header,
@@ -35,8 +53,9 @@ from csi_wasm.formats import (
 )
 from csi_wasm.formats.tarball import extract_plugin
 from csi_wasm.formats.wasm import HEADER_SIZE
+from csi_wasm.mirrors import Mirrors
 from csi_wasm.reference import Reference
-from csi_wasm.registry import Keychain, RegistryClient
+from csi_wasm.registry import Credentials, Keychain, Manifest, RegistryClient
 from csi_wasm.settings import PullSettings
 from csi_wasm.store import MODULE_FILE, ModuleStore, storage_error
 
@@ -58,7 +77,10 @@ class PulledModule:
 class _Pull:
     """One download in flight, shared by every request that wants it."""
 
-    source: str
+    reference: Reference
+    sha256: str | None
+    keychain: Keychain | None = field(repr=False)
+    requester: Credentials | None = field(repr=False)
     future: Future[PulledModule] = field(default_factory=Future)
     started: float = field(default_factory=time.monotonic)
     bytes_done: int = 0
@@ -77,7 +99,19 @@ class _Pull:
         return f"resolving for {elapsed:.0f} s"
 
 
+class PullObserver(Protocol):
+    """Told about cache lookups and finished pulls (metrics)."""
+
+    def cache_lookup(self, hit: bool) -> None: ...
+    def pull_finished(self, result: str, seconds: float, size: int) -> None: ...
+
+
 PullKey = tuple[str, str | None, str | None]
+T = TypeVar("T")
+
+# A mirror that fails like this is skipped for the next route; anything else
+# (a digest mismatch, a module that is not Wasm) is an answer, not an outage.
+_TRY_NEXT_ROUTE = (NotFound, PermissionDenied, Unavailable)
 
 
 class Puller:
@@ -86,19 +120,27 @@ class Puller:
         store: ModuleStore,
         registry: RegistryClient,
         settings: PullSettings,
+        access: AccessRecords,
         *,
+        node_keychain: Keychain | None = None,
+        mirrors: Mirrors | None = None,
         max_parallel_pulls: int = 4,
-        on_pulled: Callable[[PulledModule, float], None] | None = None,
+        observer: PullObserver | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
         self._settings = settings
+        self._access = access
+        self._node_keychain = node_keychain
+        self._mirrors = mirrors or Mirrors()
         self._inflight: dict[PullKey, _Pull] = {}
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_parallel_pulls)
-        self._on_pulled = on_pulled
+        self._observer = observer
 
-    def get(self, request: ModuleRequest, keychain: Keychain | None, wait: float) -> PulledModule:
+    def get(
+        self, request: ModuleRequest, pod_keychain: Keychain | None, wait: float
+    ) -> PulledModule:
         """The module for ``request``, waiting at most ``wait`` seconds for a download."""
         if isinstance(request.source, HttpSource):
             raise InvalidArgument(
@@ -106,11 +148,16 @@ class Puller:
                 "version; push the module to an OCI registry"
             )
         reference = request.source
+        keychain = _merge(pod_keychain, self._node_keychain)
+        requester = pod_keychain.for_registry(reference.registry) if pod_keychain else None
         if request.pull_policy is PullPolicy.IF_NOT_PRESENT:
             cached = self.cached(reference, request.sha256)
+            if self._observer is not None:
+                self._observer.cache_lookup(cached is not None)
             if cached is not None:
+                self._authorize(reference, keychain, requester, wait)
                 return cached
-        pull = self._join_or_start(reference, request.sha256, keychain)
+        pull = self._join_or_start(reference, request.sha256, keychain, requester)
         try:
             return pull.future.result(timeout=max(0.0, wait))
         except FutureTimeout:
@@ -133,6 +180,38 @@ class Puller:
             return None  # the tag moved or the sha256 is wrong: let a pull decide
         return self._stored(module_hex, manifest_digest, from_cache=True)
 
+    def _authorize(
+        self,
+        reference: Reference,
+        keychain: Keychain | None,
+        requester: Credentials | None,
+        wait: float,
+    ) -> None:
+        """Serve a cached module only to whom the registry would serve it."""
+        if self._access.may_serve(reference.name, requester):
+            return
+        deadline = Deadline.after(max(0.001, min(wait, self._settings.pull_timeout)))
+        self._first_route(
+            reference,
+            lambda route: self._registry.get_manifest(
+                route, keychain, deadline, mediatypes.MANIFEST_ACCEPT
+            ),
+        )
+        self._access.record_pull(reference.name, requester)
+
+    def _first_route(self, reference: Reference, attempt: Callable[[Reference], T]) -> T:
+        """``attempt`` on each mirror of the reference's registry, then on the registry."""
+        *mirrored, source = self._mirrors.candidates(reference)
+        for route in mirrored:
+            try:
+                return attempt(route)
+            except _TRY_NEXT_ROUTE as error:
+                log.info(
+                    "mirror failed, trying the next route",
+                    extra={"fields": {"mirror": route.registry, "error": str(error)}},
+                )
+        return attempt(source)
+
     def in_flight(self) -> int:
         with self._lock:
             return len(self._inflight)
@@ -140,61 +219,60 @@ class Puller:
     # the pull itself
 
     def _join_or_start(
-        self, reference: Reference, sha256: str | None, keychain: Keychain | None
+        self,
+        reference: Reference,
+        sha256: str | None,
+        keychain: Keychain | None,
+        requester: Credentials | None,
     ) -> _Pull:
-        credentials = keychain.for_registry(reference.registry) if keychain else None
-        key: PullKey = (str(reference), sha256, credentials.fingerprint() if credentials else None)
+        # Requests with other credentials never share a download: that would hand a
+        # module fetched with one pod's secret to a pod without it.
+        key: PullKey = (str(reference), sha256, requester.fingerprint() if requester else None)
         with self._lock:
             pull = self._inflight.get(key)
             if pull is not None:
                 return pull
-            pull = _Pull(str(reference))
+            pull = _Pull(reference, sha256, keychain, requester)
             self._inflight[key] = pull
         thread = threading.Thread(
             target=self._run,
-            args=(key, pull, reference, sha256, keychain),
+            args=(key, pull),
             name=f"pull {reference}",
             daemon=True,  # a SIGTERM must not wait for downloads
         )
         thread.start()
         return pull
 
-    def _run(
-        self,
-        key: PullKey,
-        pull: _Pull,
-        reference: Reference,
-        sha256: str | None,
-        keychain: Keychain | None,
-    ) -> None:
+    def _run(self, key: PullKey, pull: _Pull) -> None:
+        started = time.monotonic()
         try:
             with self._slots:
-                started = time.monotonic()
                 deadline = Deadline.after(self._settings.pull_timeout)
-                result = self._pull(pull, reference, sha256, keychain, deadline)
-            if self._on_pulled is not None:
-                self._on_pulled(result, time.monotonic() - started)
-        except OSError as error:
-            pull.future.set_exception(storage_error(error))
-        except BaseException as error:  # handed to every waiter
+                result = self._first_route(
+                    pull.reference, lambda route: self._pull(pull, route, deadline)
+                )
+                self._access.record_pull(pull.reference.name, pull.requester)
+        except BaseException as caught:  # handed to every waiter
+            error = storage_error(caught) if isinstance(caught, OSError) else caught
+            self._finished(
+                started, error.code.lower() if isinstance(error, CsiWasmError) else "internal", 0
+            )
             pull.future.set_exception(error)
         else:
+            self._finished(started, "success", pull.bytes_done)
             pull.future.set_result(result)
         finally:
             with self._lock:
                 self._inflight.pop(key, None)
 
-    def _pull(
-        self,
-        pull: _Pull,
-        reference: Reference,
-        sha256: str | None,
-        keychain: Keychain | None,
-        deadline: Deadline,
-    ) -> PulledModule:
-        manifest = self._registry.get_manifest(
-            reference, keychain, deadline, mediatypes.MANIFEST_ACCEPT
-        )
+    def _finished(self, started: float, result: str, size: int) -> None:
+        if self._observer is not None:
+            self._observer.pull_finished(result, time.monotonic() - started, size)
+
+    def _pull(self, pull: _Pull, route: Reference, deadline: Deadline) -> PulledModule:
+        """Pull ``pull.reference`` from ``route`` (itself or a mirror's rewrite of it)."""
+        reference, sha256, keychain = pull.reference, pull.sha256, pull.keychain
+        manifest = self._resolve_manifest(route, keychain, deadline)
         where = str(reference)
         known = self._store.module_for_manifest(manifest.digest)
         if known is not None:
@@ -215,7 +293,7 @@ class Puller:
         pull.bytes_total = layer.size
         with self._store.temp_file() as (blob_path, blob_fd), os.fdopen(blob_fd, "w+b") as blob:
             self._registry.fetch_blob(
-                reference,
+                route,
                 layer.digest,
                 layer.size,
                 blob,
@@ -235,6 +313,11 @@ class Puller:
                 module_hex = self._unpack_tarball(blob, sha256, manifest.digest, where)
         self._remember(reference, manifest.digest, module_hex)
         return self._stored(module_hex, manifest.digest, from_cache=False)
+
+    def _resolve_manifest(
+        self, route: Reference, keychain: Keychain | None, deadline: Deadline
+    ) -> Manifest:
+        return self._registry.get_manifest(route, keychain, deadline, mediatypes.MANIFEST_ACCEPT)
 
     def _remember(self, reference: Reference, manifest_digest: str, module_hex: str) -> None:
         self._store.record_manifest(manifest_digest, module_hex)
@@ -273,3 +356,12 @@ def _check_sha256(expected: str | None, module_hex: str, manifest_digest: str, w
         f"sha256 mismatch for {where}: expected {expected}, but the module is {module_hex} "
         f"and the manifest {manifest_digest}; fix the sha256 attribute or the url"
     )
+
+
+def _merge(pod: Keychain | None, node: Keychain | None) -> Keychain | None:
+    """The pod's credentials, with the node's for registries the pod has none for."""
+    if pod is None or node is None:
+        return pod or node
+    entries = {host: node.for_registry(host) for host in node.registries}
+    entries.update({host: pod.for_registry(host) for host in pod.registries})
+    return Keychain({host: creds for host, creds in entries.items() if creds is not None})

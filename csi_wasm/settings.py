@@ -18,6 +18,9 @@ class PullSettings:
     registry_ca: str | None = None
     max_module_bytes: int = DEFAULT_MAX_MODULE_BYTES
     pull_timeout: float = DEFAULT_PULL_TIMEOUT_SECONDS
+    registry_mirrors: tuple[str, ...] = ()  # SOURCE=MIRROR[/PREFIX], parsed at start-up
+    docker_config: str | None = None
+    credential_recheck: float = 3600.0
 
 
 @dataclass(frozen=True)

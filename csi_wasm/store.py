@@ -113,6 +113,18 @@ class ModuleStore:
             shutil.rmtree(staging, ignore_errors=True)
         return final
 
+    def usage(self) -> tuple[int, int]:
+        """(bytes, modules) held in the cache."""
+        total = count = 0
+        with os.scandir(self.modules_dir) as entries:
+            for entry in entries:
+                try:
+                    total += os.stat(os.path.join(entry.path, MODULE_FILE)).st_size
+                except FileNotFoundError:
+                    continue
+                count += 1
+        return total, count
+
     # index
 
     def module_for_manifest(self, manifest_digest: str) -> str | None:
@@ -120,9 +132,9 @@ class ModuleStore:
         entry = self.manifests_dir / manifest_digest.removeprefix("sha256:")
         try:
             module_hex = entry.read_text().strip()
-        except FileNotFoundError:
-            return None
-        return module_hex if self.has_module(module_hex) else None
+        except (FileNotFoundError, ValueError):
+            return None  # gone, or not text: a damaged entry is a cache miss
+        return module_hex if is_sha256_hex(module_hex) and self.has_module(module_hex) else None
 
     def record_manifest(self, manifest_digest: str, module_hex: str) -> None:
         entry = self.manifests_dir / manifest_digest.removeprefix("sha256:")

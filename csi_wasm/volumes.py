@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,10 +52,13 @@ class VolumeRecords:
 
     def get(self, volume_id: str) -> VolumeRecord | None:
         try:
-            data = json.loads(self._path(volume_id).read_bytes())
+            record = _load(self._path(volume_id))
         except FileNotFoundError:
             return None
-        record = VolumeRecord(**data)
+        except (ValueError, TypeError):
+            # A damaged record must not wedge the volume: treat it as unknown, and the
+            # publish or unpublish that follows rewrites or removes it.
+            return None
         return record if record.volume_id == volume_id else None
 
     def put(self, record: VolumeRecord) -> None:
@@ -64,11 +68,23 @@ class VolumeRecords:
     def delete(self, volume_id: str) -> None:
         remove(self._path(volume_id), durable=False)
 
+    def count(self) -> int:
+        """How many volumes are published (cheap: no record is read)."""
+        with os.scandir(self.directory) as entries:
+            return sum(1 for entry in entries if entry.name.endswith(".json"))
+
     def all(self) -> list[VolumeRecord]:
         records = []
         for path in sorted(self.directory.glob("*.json")):
             try:
-                records.append(VolumeRecord(**json.loads(path.read_bytes())))
-            except (ValueError, TypeError):
-                continue  # a record from a newer or broken version: leave it for an operator
+                records.append(_load(path))
+            except (OSError, ValueError, TypeError):
+                continue  # removed meanwhile, or damaged: not a published volume we know
         return records
+
+
+def _load(path: Path) -> VolumeRecord:
+    data = json.loads(path.read_bytes())
+    if not isinstance(data, dict):
+        raise TypeError("a volume record is a JSON object")
+    return VolumeRecord(**data)

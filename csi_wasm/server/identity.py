@@ -9,11 +9,14 @@ from google.protobuf import wrappers_pb2
 
 from csi_wasm import __version__
 from csi_wasm._proto import csi_pb2, csi_pb2_grpc
-from csi_wasm.server.rpc import handler
+from csi_wasm.server.rpc import CallObserver, ObservedServicer, handler
 
 
-class IdentityServicer(csi_pb2_grpc.IdentityServicer):
-    def __init__(self, driver_name: str, ready: Callable[[], bool]) -> None:
+class IdentityServicer(csi_pb2_grpc.IdentityServicer, ObservedServicer):
+    def __init__(
+        self, driver_name: str, ready: Callable[[], bool], on_call: CallObserver | None = None
+    ) -> None:
+        ObservedServicer.__init__(self, on_call)
         self._driver_name = driver_name
         self._ready = ready
 

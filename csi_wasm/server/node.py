@@ -7,14 +7,21 @@ import grpc
 from csi_wasm._proto import csi_pb2, csi_pb2_grpc
 from csi_wasm.errors import InvalidArgument, Unimplemented
 from csi_wasm.node import NodeService, PublishRequest
-from csi_wasm.server.rpc import handler, note
+from csi_wasm.server.rpc import CallObserver, ObservedServicer, handler, note
 
 # Answer a little before kubelet's deadline, so it sees our message, not its own timeout.
 _DEADLINE_MARGIN = 1.0
 
 
-class NodeServicer(csi_pb2_grpc.NodeServicer):
-    def __init__(self, service: NodeService, node_id: str, pull_timeout: float) -> None:
+class NodeServicer(csi_pb2_grpc.NodeServicer, ObservedServicer):
+    def __init__(
+        self,
+        service: NodeService,
+        node_id: str,
+        pull_timeout: float,
+        on_call: CallObserver | None = None,
+    ) -> None:
+        ObservedServicer.__init__(self, on_call)
         self._service = service
         self._node_id = node_id
         self._pull_timeout = pull_timeout

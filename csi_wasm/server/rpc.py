@@ -22,20 +22,23 @@ from csi_wasm.errors import CsiWasmError
 
 log = logging.getLogger("csi_wasm.rpc")
 
+# Told of every finished call: (method, code name, seconds). Metrics listen here.
+CallObserver = Callable[[str, str, float], None]
+
+
+class ObservedServicer:
+    """Base of our servicers: holds who is told about finished calls."""
+
+    def __init__(self, on_call: CallObserver | None = None) -> None:
+        self.on_call = on_call
+
+
 Request = TypeVar("Request")
 Response = TypeVar("Response")
-Servicer = TypeVar("Servicer")
+Servicer = TypeVar("Servicer", bound=ObservedServicer)
 Method = Callable[[Servicer, Request, grpc.ServicerContext], Response]
 
 _notes: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("rpc_notes")
-
-# Observers of finished calls: (method, code, seconds). Metrics register here.
-CallObserver = Callable[[str, str, float], None]
-_observers: list[CallObserver] = []
-
-
-def observe_calls(observer: CallObserver) -> None:
-    _observers.append(observer)
 
 
 def note(**fields: Any) -> None:
@@ -102,8 +105,8 @@ def handler(method: Method[Servicer, Request, Response]) -> Method[Servicer, Req
             if message:
                 fields["error"] = message
             log.log(level if code == "OK" else logging.WARNING, name, extra={"fields": fields})
-            for observer in _observers:
-                observer(name, code, seconds)
+            if self.on_call is not None:
+                self.on_call(name, code, seconds)
         context.abort(grpc.StatusCode[code], message)
         raise AssertionError("context.abort returned")  # pragma: no cover
 

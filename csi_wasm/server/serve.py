@@ -12,17 +12,20 @@ import signal
 import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
 from csi_wasm import __version__
 from csi_wasm._proto import csi_pb2_grpc
+from csi_wasm.access import AccessRecords
+from csi_wasm.metrics import Metrics, MetricsServer, StateSnapshot, serve_metrics
+from csi_wasm.mirrors import Mirrors, parse_mirror
 from csi_wasm.mounts import KernelMounter
 from csi_wasm.node import NodeService
 from csi_wasm.puller import Puller
-from csi_wasm.registry import RegistryClient, RegistryOptions
+from csi_wasm.registry import Keychain, RegistryClient, RegistryOptions
 from csi_wasm.server.identity import IdentityServicer
 from csi_wasm.server.node import NodeServicer
 from csi_wasm.settings import ServeSettings
@@ -44,6 +47,19 @@ def socket_path(endpoint: str) -> Path:
     raise ValueError(f"--endpoint {endpoint!r} must be unix:///absolute/path/to/csi.sock")
 
 
+class _PullMetrics:
+    """The puller's observer, reporting to Prometheus."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def cache_lookup(self, hit: bool) -> None:
+        self._metrics.observe_cache_lookup(hit)
+
+    def pull_finished(self, result: str, seconds: float, size: int) -> None:
+        self._metrics.observe_pull(result, seconds, size)
+
+
 @dataclass
 class Driver:
     """A running driver; :meth:`stop` shuts it down."""
@@ -51,38 +67,73 @@ class Driver:
     server: grpc.Server
     socket: Path
     registry: RegistryClient
+    metrics: Metrics
+    metrics_server: MetricsServer | None = field(default=None)
 
     def stop(self, grace: float = 5.0) -> None:
         self.server.stop(grace).wait()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         self.registry.close()
         self.socket.unlink(missing_ok=True)
 
 
+def _node_keychain(path: str | None) -> Keychain | None:
+    if path is None:
+        return None
+    try:
+        return Keychain.from_dockerconfigjson(Path(path).read_text())
+    except OSError as error:
+        raise ValueError(f"--docker-config {path}: {error.strerror}") from None
+    except Exception as error:  # our InvalidArgument: never echoes the file's content
+        raise ValueError(f"--docker-config {path}: {error}") from None
+
+
 def start(settings: ServeSettings) -> Driver:
-    node = settings.node
+    node, pull = settings.node, settings.pull
+    mirrors = Mirrors(parse_mirror(text) for text in pull.registry_mirrors)
+    node_keychain = _node_keychain(pull.docker_config)
+    path = socket_path(settings.endpoint)
+
     store = ModuleStore(node.root)
     store.prepare()
     records = VolumeRecords(node.root / "volumes")
     records.prepare()
+    access = AccessRecords(node.root / "access", window=pull.credential_recheck)
+    access.prepare()
     registry = RegistryClient(
-        RegistryOptions(
-            insecure_registries=settings.pull.insecure_registries,
-            ca_file=settings.pull.registry_ca,
-        )
+        RegistryOptions(insecure_registries=pull.insecure_registries, ca_file=pull.registry_ca)
     )
-    puller = Puller(store, registry, settings.pull)
+    metrics = Metrics()
+    puller = Puller(
+        store,
+        registry,
+        pull,
+        access,
+        node_keychain=node_keychain,
+        mirrors=mirrors,
+        observer=_PullMetrics(metrics),
+    )
     service = NodeService(node.pods_dir, puller, records, KernelMounter())
+
+    def snapshot() -> StateSnapshot:
+        cache_bytes, cache_modules = store.usage()
+        return StateSnapshot(cache_bytes, cache_modules, records.count(), puller.in_flight())
+
+    metrics.set_state_source(snapshot)
 
     server = grpc.server(ThreadPoolExecutor(max_workers=RPC_WORKERS, thread_name_prefix="rpc"))
     csi_pb2_grpc.add_IdentityServicer_to_server(
-        IdentityServicer(node.driver_name, store.usable), server
+        IdentityServicer(node.driver_name, store.usable, metrics.observe_rpc), server
     )
     csi_pb2_grpc.add_NodeServicer_to_server(
-        NodeServicer(service, node.node_id, settings.pull.pull_timeout), server
+        NodeServicer(service, node.node_id, pull.pull_timeout, metrics.observe_rpc), server
     )
-    path = socket_path(settings.endpoint)
     _remove_stale_socket(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_server = None
+    if settings.metrics_address:
+        metrics_server = serve_metrics(settings.metrics_address, metrics, store.usable)
     server.add_insecure_port(f"unix://{path}")
     server.start()
     log.info(
@@ -94,11 +145,13 @@ def start(settings: ServeSettings) -> Driver:
                 "driver": node.driver_name,
                 "node_id": node.node_id,
                 "root": os.fspath(node.root),
-                "published": len(records.all()),
+                "published": records.count(),
+                "metrics": settings.metrics_address,
+                "mirrors": [str(m) for m in pull.registry_mirrors],
             }
         },
     )
-    return Driver(server, path, registry)
+    return Driver(server, path, registry, metrics, metrics_server)
 
 
 def serve(settings: ServeSettings) -> int:

@@ -1,0 +1,1 @@
+"""Tests of :mod:`csi_wasm.registry` against an in-process fake registry."""

@@ -1,0 +1,335 @@
+"""Tests of csi_wasm.cli: flags, environment variables, durations and sizes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from csi_wasm import __version__
+from csi_wasm.cli import build_parser, main, parse_duration, parse_size, settings_from
+from csi_wasm.settings import (
+    DEFAULT_DRIVER_NAME,
+    DEFAULT_MAX_MODULE_BYTES,
+    DEFAULT_PULL_TIMEOUT_SECONDS,
+    ServeSettings,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No CSI_WASM_* or NODE_NAME from the machine running the tests; logging restored."""
+    for name in list(os.environ):
+        if name.startswith("CSI_WASM_") or name == "NODE_NAME":
+            monkeypatch.delenv(name)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def settings(argv: list[str], env: Mapping[str, str] | None = None) -> ServeSettings:
+    args = build_parser(env or {}).parse_args(["serve", *argv])
+    return settings_from(args)
+
+
+# --version and --help
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"csi-wasm {__version__}"
+
+
+def test_serve_help_lists_flags_and_env(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in (
+        "--endpoint",
+        "--node-id",
+        "--root",
+        "--kubelet-dir",
+        "--driver-name",
+        "--metrics-address",
+        "--insecure-registry",
+        "--registry-ca",
+        "--max-module-bytes",
+        "--pull-timeout",
+    ):
+        assert flag in out
+        assert "CSI_WASM_" + flag[2:].replace("-", "_").upper() in out
+
+
+def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+def test_python_dash_m_version() -> None:
+    env = {**os.environ, "PYTHONPATH": os.fspath(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "csi_wasm", "--version"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"csi-wasm {__version__}"
+
+
+def test_python_dash_m_bad_flag_exits_2() -> None:
+    env = {**os.environ, "PYTHONPATH": os.fspath(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "csi_wasm", "serve", "--pull-timeout", "soon"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "'soon' is not a duration" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# defaults, environment and command line
+
+
+def test_defaults() -> None:
+    s = settings([])
+    assert s.endpoint == "unix:///csi/csi.sock"
+    assert s.node.node_id == socket.gethostname()
+    assert s.node.root == Path("/var/lib/csi-wasm")
+    assert s.node.kubelet_dir == Path("/var/lib/kubelet")
+    assert s.node.pods_dir == Path("/var/lib/kubelet/pods")
+    assert s.node.driver_name == DEFAULT_DRIVER_NAME == "wasm.csi.dev"
+    assert s.metrics_address == ":9090"
+    assert s.pull.insecure_registries == frozenset()
+    assert s.pull.registry_ca is None
+    assert s.pull.max_module_bytes == DEFAULT_MAX_MODULE_BYTES == 268435456
+    assert s.pull.pull_timeout == DEFAULT_PULL_TIMEOUT_SECONDS == 600.0
+    assert s.log_level == "info"
+
+
+def test_node_id_defaults_to_node_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings([], {"NODE_NAME": "worker-7"}).node.node_id == "worker-7"
+    assert settings([], {"NODE_NAME": ""}).node.node_id == socket.gethostname()
+
+
+def test_environment_variables() -> None:
+    env = {
+        "CSI_WASM_ROOT": "/data/csi-wasm",
+        "CSI_WASM_PULL_TIMEOUT": "90s",
+        "CSI_WASM_INSECURE_REGISTRY": "a:5000,b",
+        "CSI_WASM_MAX_MODULE_BYTES": "256Mi",
+        "CSI_WASM_ENDPOINT": "unix:///run/csi.sock",
+        "CSI_WASM_NODE_ID": "node-a",
+        "CSI_WASM_KUBELET_DIR": "/var/snap/kubelet",
+        "CSI_WASM_DRIVER_NAME": "wasm.example.com",
+        "CSI_WASM_METRICS_ADDRESS": "",
+        "CSI_WASM_REGISTRY_CA": "/etc/ca.pem",
+        "CSI_WASM_LOG_LEVEL": "debug",
+    }
+    s = settings([], env)
+    assert s.node.root == Path("/data/csi-wasm")
+    assert s.pull.pull_timeout == 90.0
+    assert s.pull.insecure_registries == frozenset({"a:5000", "b"})
+    assert s.pull.max_module_bytes == 256 * 1024 * 1024
+    assert s.endpoint == "unix:///run/csi.sock"
+    assert s.node.node_id == "node-a"
+    assert s.node.kubelet_dir == Path("/var/snap/kubelet")
+    assert s.node.driver_name == "wasm.example.com"
+    assert s.metrics_address == ""  # empty disables metrics
+    assert s.pull.registry_ca == "/etc/ca.pem"
+    assert s.log_level == "debug"
+
+
+def test_repeatable_flag_from_env_ignores_blanks() -> None:
+    s = settings([], {"CSI_WASM_INSECURE_REGISTRY": " a:5000 , ,b,"})
+    assert s.pull.insecure_registries == frozenset({"a:5000", "b"})
+
+
+def test_command_line_wins_over_environment() -> None:
+    env = {
+        "CSI_WASM_ROOT": "/from/env",
+        "CSI_WASM_PULL_TIMEOUT": "90s",
+        "CSI_WASM_MAX_MODULE_BYTES": "1Mi",
+        "CSI_WASM_LOG_LEVEL": "debug",
+        "CSI_WASM_METRICS_ADDRESS": ":1234",
+    }
+    s = settings(
+        [
+            "--root",
+            "/from/flag",
+            "--pull-timeout",
+            "2m",
+            "--max-module-bytes",
+            "2Mi",
+            "--log-level",
+            "error",
+            "--metrics-address",
+            "",
+        ],
+        env,
+    )
+    assert s.node.root == Path("/from/flag")
+    assert s.pull.pull_timeout == 120.0
+    assert s.pull.max_module_bytes == 2 * 1024 * 1024
+    assert s.log_level == "error"
+    assert s.metrics_address == ""
+
+
+def test_repeated_flag_on_command_line() -> None:
+    s = settings(["--insecure-registry", "a:5000", "--insecure-registry", "b"])
+    assert s.pull.insecure_registries == frozenset({"a:5000", "b"})
+
+
+def test_command_line_wins_for_repeatable_flag() -> None:
+    s = settings(["--insecure-registry", "c"], {"CSI_WASM_INSECURE_REGISTRY": "a:5000,b"})
+    assert s.pull.insecure_registries == frozenset({"c"})
+
+
+def test_parser_default_env_is_not_mutated_across_parses() -> None:
+    parser = build_parser({"CSI_WASM_INSECURE_REGISTRY": "a"})
+    parser.parse_args(["serve", "--insecure-registry", "x"])
+    again = settings_from(parser.parse_args(["serve"]))
+    assert again.pull.insecure_registries == frozenset({"a"})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "complaint"),
+    [
+        ("CSI_WASM_PULL_TIMEOUT", "soon", "'soon' is not a duration"),
+        ("CSI_WASM_PULL_TIMEOUT", "0s", "must be positive"),
+        ("CSI_WASM_MAX_MODULE_BYTES", "lots", "'lots' is not a size"),
+    ],
+)
+def test_bad_environment_value_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    value: str,
+    complaint: str,
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as info:
+        main(["serve"])
+    assert info.value.code == 2
+    assert complaint in capsys.readouterr().err
+
+
+def test_bad_flag_value_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--max-module-bytes", "1.5Gi"])
+    assert info.value.code == 2
+    assert "'1.5Gi' is not a size" in capsys.readouterr().err
+
+
+def test_bad_log_level_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--log-level", "verbose"])
+    assert info.value.code == 2
+    assert "log level 'verbose' is not one of" in capsys.readouterr().err
+
+
+def test_bad_log_level_from_env_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CSI_WASM_LOG_LEVEL", "verbose")
+    with pytest.raises(SystemExit) as info:
+        main(["serve"])
+    assert info.value.code == 2
+
+
+# durations and sizes
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90", 90.0),
+        ("90s", 90.0),
+        ("10m", 600.0),
+        ("1h30m", 5400.0),
+        ("1h", 3600.0),
+        ("2h0m5s", 7205.0),
+        ("1m30s", 90.0),
+        ("1.5h", 5400.0),
+        ("0.5", 0.5),
+        (" 45s ", 45.0),
+    ],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "text", ["", "  ", "soon", "10x", "m", "h", "s", "1d", "10 m", "1m1h", "-5s", "5ms", "1h-1m"]
+)
+def test_parse_duration_refuses(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["0", "0s", "0h0m0s", "-1"])
+def test_parse_duration_refuses_non_positive(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="must be positive"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "Infinity"])
+def test_parse_duration_refuses_nan_and_inf(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("268435456", 268435456),
+        ("256Mi", 256 * 1024**2),
+        ("256mi", 256 * 1024**2),
+        ("256M", 256 * 1024**2),
+        ("256MiB", 256 * 1024**2),
+        ("64k", 64 * 1024),
+        ("64Ki", 64 * 1024),
+        ("1Gi", 1024**3),
+        ("1 Gi", 1024**3),
+        ("512B", 512),
+        (" 1024 ", 1024),
+    ],
+)
+def test_parse_size(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "lots", "1.5Gi", "-1", "1Ti", "Mi", "1e6", "0x10"])
+def test_parse_size_refuses(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="is not a size"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("text", ["0", "0Mi"])
+def test_parse_size_refuses_zero(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_size(text)
