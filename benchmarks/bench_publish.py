@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
+import platform
 import statistics
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from support.driver import DriverProcess, NodeDirs, connect
@@ -48,14 +51,14 @@ def warm(kubelet: Kubelet, registry: Registry, dirs: NodeDirs, count: int) -> No
     attributes = {"url": pushed.reference}
     kubelet.publish(kubelet.new_pod(), attributes)  # fill the cache
     pods = [kubelet.new_pod(name=f"warm-{i}") for i in range(count)]
-    publish = [timed(lambda pod=pod: kubelet.publish(pod, attributes)) for pod in pods]
+    publish = [timed(partial(kubelet.publish, pod, attributes)) for pod in pods]
     probe = [timed(lambda: kubelet.identity.Probe(csi_pb2.ProbeRequest())) for _ in range(count)]
     module_dir = next((dirs.root / "modules").iterdir())
     floor_pods = [kubelet.new_pod(name=f"floor-{i}") for i in range(count)]
     mount = []
     for pod in floor_pods:
         pod.target.mkdir()
-        mount.append(timed(lambda pod=pod: bind_read_only(module_dir, pod.target)))
+        mount.append(timed(partial(bind_read_only, module_dir, pod.target)))
     for pod in floor_pods:
         unmount(pod.target)
     for pod in pods:
@@ -64,11 +67,27 @@ def warm(kubelet: Kubelet, registry: Registry, dirs: NodeDirs, count: int) -> No
     p50, floor50 = statistics.median(publish), statistics.median(floor)
     print(f"\nwarm publish, {count} distinct targets (ms)")
     print(f"  {'':28}{'p50':>9}{'p99':>9}")
-    print(f"  {'csi-wasm NodePublishVolume':28}{p50 * 1e3:9.3f}{percentile(publish, 0.99) * 1e3:9.3f}")
-    print(f"  {'floor: Probe + bind + ro':28}{floor50 * 1e3:9.3f}{percentile(floor, 0.99) * 1e3:9.3f}")
-    print(f"    of which Probe round trip {statistics.median(probe) * 1e3:.3f}, "
-          f"bind+remount {statistics.median(mount) * 1e3:.3f}")
+    for label, samples in (
+        ("csi-wasm NodePublishVolume", publish),
+        ("floor: Probe + bind + ro", floor),
+    ):
+        p99 = percentile(samples, 0.99)
+        print(f"  {label:28}{statistics.median(samples) * 1e3:9.3f}{p99 * 1e3:9.3f}")
+    print(
+        f"    of which Probe round trip {statistics.median(probe) * 1e3:.3f}, "
+        f"bind+remount {statistics.median(mount) * 1e3:.3f}"
+    )
     print(f"  ratio p50 / floor p50: {p50 / floor50:.2f}x   (goal: p50 < 5 ms, within 3x of floor)")
+
+
+def curl_and_hash(url: str, out: Path, want: str) -> None:
+    """The reference a user would otherwise script: curl the blob, then hash the file."""
+    subprocess.run(["curl", "-sSf", "-o", str(out), url], check=True)
+    digest = hashlib.sha256()
+    with out.open("rb") as handle:
+        while chunk := handle.read(MIB):
+            digest.update(chunk)
+    assert "sha256:" + digest.hexdigest() == want
 
 
 def cold(kubelet: Kubelet, registry: Registry, size_mib: int, rounds: int) -> None:
@@ -80,17 +99,10 @@ def cold(kubelet: Kubelet, registry: Registry, size_mib: int, rounds: int) -> No
             blob_url = f"{registry.url}/v2/bench/cold{size_mib}/blobs/{pushed.layer_digest}"
             out = Path(scratch) / "blob"
 
-            def curl_and_hash(url: str = blob_url, out: Path = out, want: str = pushed.layer_digest) -> None:
-                subprocess.run(["curl", "-sSf", "-o", str(out), url], check=True)
-                digest = hashlib.sha256()
-                with out.open("rb") as handle:
-                    while chunk := handle.read(MIB):
-                        digest.update(chunk)
-                assert "sha256:" + digest.hexdigest() == want
-
-            reference.append(timed(curl_and_hash))
+            reference.append(timed(lambda: curl_and_hash(blob_url, out, pushed.layer_digest)))  # noqa: B023
             pod = kubelet.new_pod()
-            publish.append(timed(lambda: kubelet.publish(pod, {"url": pushed.reference})))
+            url = pushed.reference
+            publish.append(timed(lambda: kubelet.publish(pod, {"url": url})))  # noqa: B023
             kubelet.unpublish(pod)
     ours, theirs = statistics.median(publish), statistics.median(reference)
     print(f"\ncold publish, {size_mib} MiB module, median of {rounds} (ms)")
@@ -111,8 +123,8 @@ def main() -> None:
         driver = DriverProcess(dirs, ["--insecure-registry", registry.host]).start()
         try:
             with connect(dirs) as kubelet:
-                print(f"csi-wasm benchmarks: {subprocess.run(['uname', '-srm'], capture_output=True, text=True).stdout.strip()}, "
-                      f"{len(__import__('os').sched_getaffinity(0))} cores, loopback registry")
+                machine = " ".join(platform.uname()[i] for i in (0, 2, 4))
+                print(f"csi-wasm benchmarks: {machine}, {os.cpu_count()} cores, loopback registry")
                 warm(kubelet, registry, dirs, args.warm)
                 for size in (4, 64):
                     cold(kubelet, registry, size, args.rounds)
