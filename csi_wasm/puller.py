@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -45,11 +45,16 @@ from csi_wasm.errors import (
     Unavailable,
 )
 from csi_wasm.formats import (
+    SNIFF_BYTES,
     Unpack,
+    check_index_hop,
     check_wasm_header,
+    choose_manifest,
+    is_index,
     mediatypes,
     parse_image_manifest,
     select_format,
+    sniff_unpack,
 )
 from csi_wasm.formats.tarball import extract_plugin
 from csi_wasm.formats.wasm import HEADER_SIZE
@@ -272,12 +277,12 @@ class Puller:
     def _pull(self, pull: _Pull, route: Reference, deadline: Deadline) -> PulledModule:
         """Pull ``pull.reference`` from ``route`` (itself or a mirror's rewrite of it)."""
         reference, sha256, keychain = pull.reference, pull.sha256, pull.keychain
-        manifest = self._resolve_manifest(route, keychain, deadline)
+        manifest, digests = self._resolve_manifest(route, keychain, deadline)
         where = str(reference)
         known = self._store.module_for_manifest(manifest.digest)
         if known is not None:
-            _check_sha256(sha256, known, manifest.digest, where)
-            self._remember(reference, manifest.digest, known)
+            _check_sha256(sha256, known, digests, where)
+            self._remember(reference, digests, known)
             return self._stored(known, manifest.digest, from_cache=True)
         image = parse_image_manifest(manifest.body, manifest.media_type, where)
         package, layer = select_format(image, where)
@@ -287,9 +292,10 @@ class Puller:
                 f"{where} has a {layer.size}-byte layer, over the {limit}-byte limit; "
                 "raise --max-module-bytes if the module really is that large"
             )
-        if package.unpack is Unpack.RAW:
+        unpack = package.unpack
+        if unpack is Unpack.RAW:
             # The layer is the module: a wrong sha256 is known before downloading.
-            _check_sha256(sha256, _hex(layer.digest), manifest.digest, where)
+            _check_sha256(sha256, _hex(layer.digest), digests, where)
         pull.bytes_total = layer.size
         with self._store.temp_file() as (blob_path, blob_fd), os.fdopen(blob_fd, "w+b") as blob:
             self._registry.fetch_blob(
@@ -303,36 +309,58 @@ class Puller:
                 progress=pull.progress,
             )
             blob.flush()
-            if package.unpack is Unpack.RAW:
+            if unpack is Unpack.SNIFF:
+                blob.seek(0)
+                unpack = sniff_unpack(blob.read(SNIFF_BYTES), layer, where)
+                if unpack is Unpack.RAW:
+                    _check_sha256(sha256, _hex(layer.digest), digests, where)
+            if unpack is Unpack.RAW:
                 blob.seek(0)
                 check_wasm_header(blob.read(HEADER_SIZE), where)
                 module_hex = _hex(layer.digest)
                 self._store.commit_module(blob_path, module_hex)
             else:
                 blob.seek(0)
-                module_hex = self._unpack_tarball(blob, sha256, manifest.digest, where)
-        self._remember(reference, manifest.digest, module_hex)
+                module_hex = self._unpack_tarball(blob, sha256, digests, where)
+        self._remember(reference, digests, module_hex)
         return self._stored(module_hex, manifest.digest, from_cache=False)
 
     def _resolve_manifest(
         self, route: Reference, keychain: Keychain | None, deadline: Deadline
-    ) -> Manifest:
-        return self._registry.get_manifest(route, keychain, deadline, mediatypes.MANIFEST_ACCEPT)
+    ) -> tuple[Manifest, tuple[str, ...]]:
+        """The image manifest ``route`` names, through at most two levels of index.
 
-    def _remember(self, reference: Reference, manifest_digest: str, module_hex: str) -> None:
-        self._store.record_manifest(manifest_digest, module_hex)
+        Also every digest on the way (indexes first): each one names this module, so
+        each is indexed and each is accepted as the sha256 attribute.
+        """
+        manifest = self._registry.get_manifest(
+            route, keychain, deadline, mediatypes.MANIFEST_ACCEPT
+        )
+        chain: list[str] = []
+        while is_index(manifest.media_type, manifest.body):
+            chain.append(manifest.digest)
+            child = choose_manifest(manifest.body, manifest.media_type, str(route))
+            check_index_hop(chain, child, str(route))
+            manifest = self._registry.get_manifest(
+                route.with_digest(child.digest), keychain, deadline, mediatypes.MANIFEST_ACCEPT
+            )
+        return manifest, (*chain, manifest.digest)
+
+    def _remember(self, reference: Reference, digests: Sequence[str], module_hex: str) -> None:
+        for digest in digests:
+            self._store.record_manifest(digest, module_hex)
         if reference.digest is None:
-            self._store.record_reference(str(reference), manifest_digest)
+            self._store.record_reference(str(reference), digests[0])
 
     def _unpack_tarball(
-        self, blob: BinaryIO, sha256: str | None, manifest_digest: str, where: str
+        self, blob: BinaryIO, sha256: str | None, digests: Sequence[str], where: str
     ) -> str:
         with self._store.temp_file() as (module_path, module_fd), os.fdopen(module_fd, "wb") as out:
             module_hex, _ = extract_plugin(
                 blob, out, limit=self._settings.max_module_bytes, where=where
             )
             out.flush()
-            _check_sha256(sha256, module_hex, manifest_digest, where)
+            _check_sha256(sha256, module_hex, digests, where)
             self._store.commit_module(module_path, module_hex)
         return module_hex
 
@@ -348,13 +376,15 @@ def _hex(digest: str) -> str:
     return digest.removeprefix("sha256:")
 
 
-def _check_sha256(expected: str | None, module_hex: str, manifest_digest: str, where: str) -> None:
+def _check_sha256(
+    expected: str | None, module_hex: str, manifest_digests: Sequence[str], where: str
+) -> None:
     """The sha256 attribute may name the module bytes or (for OCI) the manifest, as in Istio."""
-    if expected is None or expected in (module_hex, _hex(manifest_digest)):
+    if expected is None or expected in (module_hex, *map(_hex, manifest_digests)):
         return
     raise DigestMismatch(
         f"sha256 mismatch for {where}: expected {expected}, but the module is {module_hex} "
-        f"and the manifest {manifest_digest}; fix the sha256 attribute or the url"
+        f"and the manifest {manifest_digests[-1]}; fix the sha256 attribute or the url"
     )
 
 

@@ -1,10 +1,13 @@
-"""The CNCF Wasm OCI artifact: config ``application/vnd.wasm.config.v0+json``, one Wasm layer."""
+"""The CNCF Wasm OCI artifact: config ``application/vnd.wasm.config.v0+json``, one Wasm layer.
+
+The config type is the claim: a manifest with it is this format or refused, even if
+another format would also match its layers.
+"""
 
 from __future__ import annotations
 
-from csi_wasm.errors import FailedPrecondition
 from csi_wasm.formats import mediatypes
-from csi_wasm.formats.base import Format, Unpack
+from csi_wasm.formats.base import Format, PackageError, Unpack
 from csi_wasm.formats.manifest import Descriptor, ImageManifest
 
 
@@ -13,7 +16,7 @@ def _pick(manifest: ImageManifest) -> Descriptor | None:
         return None
     wasm_layers = [layer for layer in manifest.layers if layer.media_type == mediatypes.WASM_LAYER]
     if len(wasm_layers) != 1:
-        raise FailedPrecondition(
+        raise PackageError(
             f"Wasm artifact has {len(wasm_layers)} layers of type {mediatypes.WASM_LAYER}; "
             "exactly one is required"
         )

@@ -1,4 +1,10 @@
-"""Istio's compat images: a Docker or OCI image whose last layer is a tarball with plugin.wasm."""
+"""Istio's compat images: a Docker or OCI image whose last layer is a tarball with plugin.wasm.
+
+A container image is recognised by its config (Docker or OCI image config), as
+docker, buildah, kaniko and crane write it. A single tar layer under any other config
+is what ``oras push file`` makes of a file of any content; that is left to the
+single-layer format, which looks at the bytes (a real tarball is still unpacked).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ TAR_LAYERS = frozenset(
 
 
 def _pick(manifest: ImageManifest) -> Descriptor | None:
+    if manifest.config.media_type not in mediatypes.IMAGE_CONFIGS:
+        return None
     if not manifest.layers or manifest.layers[-1].media_type not in TAR_LAYERS:
         return None
     return manifest.layers[-1]
