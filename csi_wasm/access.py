@@ -94,8 +94,11 @@ class AccessRecords:
                 verified = {**record.verified, key: self._clock()}
                 newest = sorted(verified.items(), key=lambda item: item[1])[-_MAX_VERIFIED:]
                 record = AccessRecord(anonymous=record.anonymous, verified=dict(newest))
-            body = {"repository": repository, "anonymous": record.anonymous,
-                    "verified": record.verified}
+            body = {
+                "repository": repository,
+                "anonymous": record.anonymous,
+                "verified": record.verified,
+            }
             write_atomic(self._path(repository), json.dumps(body).encode(), durable=False)
 
     def _path(self, repository: str) -> Path:

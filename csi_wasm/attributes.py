@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from csi_wasm.errors import InvalidArgument
 from csi_wasm.reference import Reference, parse_reference
+from csi_wasm.registry.http_source import display_url
 from csi_wasm.store import is_sha256_hex
 
 URL = "url"
@@ -90,8 +91,8 @@ def parse_attributes(volume_context: Mapping[str, str]) -> ModuleRequest:
     sha256 = _parse_sha256(volume_context.get(SHA256, ""))
     if isinstance(source, HttpSource) and sha256 is None:
         raise InvalidArgument(
-            f"url {url!r} is fetched over HTTP(S), so volume attribute 'sha256' is required "
-            "(the module's sha256 in hex)"
+            f"url {display_url(url)!r} is fetched over HTTP(S), so volume attribute 'sha256' "
+            "is required (the module's sha256 in hex)"
         )
     return ModuleRequest(source, sha256, _parse_policy(volume_context.get(PULL_POLICY, ""), source))
 

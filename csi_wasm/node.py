@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,18 @@ from typing import Protocol
 
 from csi_wasm import attributes
 from csi_wasm.errors import (
+    Aborted,
     AlreadyExists,
+    CsiWasmError,
     FailedPrecondition,
     Internal,
     InvalidArgument,
+)
+from csi_wasm.events import (
+    REASON_FAILED_PULL,
+    REASON_INVALID_MODULE,
+    EventRecorder,
+    NullRecorder,
 )
 from csi_wasm.locks import VolumeLocks
 from csi_wasm.mounts import READ_ONLY_OPTIONS, MountEntry
@@ -65,14 +74,38 @@ class NodeService:
         modules: ModuleSource,
         records: VolumeRecords,
         mounter: Mounter,
+        events: EventRecorder | None = None,
     ) -> None:
         self._pods_dir = pods_dir.resolve()
+        self._events = events or NullRecorder()
         self._modules = modules
         self._records = records
         self._mounter = mounter
         self._locks = VolumeLocks()
 
     def publish(self, request: PublishRequest, wait: float) -> PublishResult:
+        """Publish, and tell the pod's Events what happened (best effort, never blocking)."""
+        started = time.monotonic()
+        pod = attributes.pod_info(request.volume_context)
+        try:
+            result = self._publish(request, wait)
+        except CsiWasmError as error:
+            if not isinstance(error, Aborted):  # kubelet's overlap, not the pod's problem
+                self._events.failed(pod, _event_reason(error), error.message)
+            raise
+        if not result.already_published:
+            url = request.volume_context.get(attributes.URL, "")
+            self._events.pulled(
+                pod,
+                url,
+                result.module_digest,
+                result.module_size,
+                time.monotonic() - started,
+                result.from_cache,
+            )
+        return result
+
+    def _publish(self, request: PublishRequest, wait: float) -> PublishResult:
         volume_id = _require(request.volume_id, "volume_id")
         target = self._confine(request.target_path)
         if request.block:
@@ -152,6 +185,13 @@ class NodeService:
                 "csi-wasm only mounts into kubelet's pod directories (check --kubelet-dir)"
             )
         return parent / path.name
+
+
+def _event_reason(error: CsiWasmError) -> str:
+    """The module itself is wrong (InvalidModule), or getting it failed (FailedPull)."""
+    if error.code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "ALREADY_EXISTS"):
+        return REASON_INVALID_MODULE
+    return REASON_FAILED_PULL
 
 
 def _require(value: str, name: str) -> str:

@@ -39,7 +39,6 @@ from csi_wasm.errors import (
     DeadlineExceeded,
     DigestMismatch,
     FailedPrecondition,
-    InvalidArgument,
     NotFound,
     PermissionDenied,
     Unavailable,
@@ -56,11 +55,19 @@ from csi_wasm.formats import (
     select_format,
     sniff_unpack,
 )
+from csi_wasm.formats.body import unpack_body
 from csi_wasm.formats.tarball import extract_plugin
 from csi_wasm.formats.wasm import HEADER_SIZE
 from csi_wasm.mirrors import Mirrors
 from csi_wasm.reference import Reference
-from csi_wasm.registry import Credentials, Keychain, Manifest, RegistryClient
+from csi_wasm.registry import (
+    Credentials,
+    HttpSourceClient,
+    Keychain,
+    Manifest,
+    RegistryClient,
+    display_url,
+)
 from csi_wasm.settings import PullSettings
 from csi_wasm.store import MODULE_FILE, ModuleStore, storage_error
 
@@ -82,7 +89,7 @@ class PulledModule:
 class _Pull:
     """One download in flight, shared by every request that wants it."""
 
-    reference: Reference
+    source: Reference | HttpSource
     sha256: str | None
     keychain: Keychain | None = field(repr=False)
     requester: Credentials | None = field(repr=False)
@@ -90,6 +97,13 @@ class _Pull:
     started: float = field(default_factory=time.monotonic)
     bytes_done: int = 0
     bytes_total: int = 0
+
+    @property
+    def shown(self) -> str:
+        """The source as messages name it (a URL without its query)."""
+        if isinstance(self.source, HttpSource):
+            return display_url(self.source.url)
+        return str(self.source)
 
     def progress(self, done: int) -> None:
         self.bytes_done = done
@@ -134,6 +148,7 @@ class Puller:
     ) -> None:
         self._store = store
         self._registry = registry
+        self._http = HttpSourceClient.from_registry_client(registry)
         self._settings = settings
         self._access = access
         self._node_keychain = node_keychain
@@ -147,29 +162,42 @@ class Puller:
         self, request: ModuleRequest, pod_keychain: Keychain | None, wait: float
     ) -> PulledModule:
         """The module for ``request``, waiting at most ``wait`` seconds for a download."""
-        if isinstance(request.source, HttpSource):
-            raise InvalidArgument(
-                f"url {request.source.url[:200]!r}: https sources are not supported by this "
-                "version; push the module to an OCI registry"
-            )
-        reference = request.source
-        keychain = _merge(pod_keychain, self._node_keychain)
-        requester = pod_keychain.for_registry(reference.registry) if pod_keychain else None
-        if request.pull_policy is PullPolicy.IF_NOT_PRESENT:
-            cached = self.cached(reference, request.sha256)
-            if self._observer is not None:
-                self._observer.cache_lookup(cached is not None)
+        source = request.source
+        if isinstance(source, HttpSource):
+            # Named by its sha256 (required for URLs): the cache always answers first.
+            assert request.sha256 is not None
+            cached = self._cached_module(request.sha256)
+            self._observe_lookup(cached)
             if cached is not None:
-                self._authorize(reference, keychain, requester, wait)
                 return cached
-        pull = self._join_or_start(reference, request.sha256, keychain, requester)
+            return self._wait(self._join_or_start(source, request.sha256, None, None), wait)
+        keychain = _merge(pod_keychain, self._node_keychain)
+        requester = pod_keychain.for_registry(source.registry) if pod_keychain else None
+        if request.pull_policy is PullPolicy.IF_NOT_PRESENT:
+            cached = self.cached(source, request.sha256)
+            self._observe_lookup(cached)
+            if cached is not None:
+                self._authorize(source, keychain, requester, wait)
+                return cached
+        return self._wait(self._join_or_start(source, request.sha256, keychain, requester), wait)
+
+    def _wait(self, pull: _Pull, wait: float) -> PulledModule:
         try:
             return pull.future.result(timeout=max(0.0, wait))
         except FutureTimeout:
             raise DeadlineExceeded(
-                f"still pulling {reference} ({pull.describe()}); the pull continues "
+                f"still pulling {pull.shown} ({pull.describe()}); the pull continues "
                 "and kubelet's retry will pick it up"
             ) from None
+
+    def _observe_lookup(self, cached: PulledModule | None) -> None:
+        if self._observer is not None:
+            self._observer.cache_lookup(cached is not None)
+
+    def _cached_module(self, module_hex: str) -> PulledModule | None:
+        if not self._store.has_module(module_hex):
+            return None
+        return self._stored(module_hex, None, from_cache=True)
 
     def cached(self, reference: Reference, sha256: str | None) -> PulledModule | None:
         """The stored module for a reference, without touching the network."""
@@ -225,24 +253,24 @@ class Puller:
 
     def _join_or_start(
         self,
-        reference: Reference,
+        source: Reference | HttpSource,
         sha256: str | None,
         keychain: Keychain | None,
         requester: Credentials | None,
     ) -> _Pull:
         # Requests with other credentials never share a download: that would hand a
         # module fetched with one pod's secret to a pod without it.
-        key: PullKey = (str(reference), sha256, requester.fingerprint() if requester else None)
+        key: PullKey = (str(source), sha256, requester.fingerprint() if requester else None)
         with self._lock:
             pull = self._inflight.get(key)
             if pull is not None:
                 return pull
-            pull = _Pull(reference, sha256, keychain, requester)
+            pull = _Pull(source, sha256, keychain, requester)
             self._inflight[key] = pull
         thread = threading.Thread(
             target=self._run,
             args=(key, pull),
-            name=f"pull {reference}",
+            name=f"pull {key[0][:100]}",
             daemon=True,  # a SIGTERM must not wait for downloads
         )
         thread.start()
@@ -253,10 +281,7 @@ class Puller:
         try:
             with self._slots:
                 deadline = Deadline.after(self._settings.pull_timeout)
-                result = self._first_route(
-                    pull.reference, lambda route: self._pull(pull, route, deadline)
-                )
-                self._access.record_pull(pull.reference.name, pull.requester)
+                result = self._fetch(pull, deadline)
         except BaseException as caught:  # handed to every waiter
             error = storage_error(caught) if isinstance(caught, OSError) else caught
             self._finished(
@@ -270,13 +295,40 @@ class Puller:
             with self._lock:
                 self._inflight.pop(key, None)
 
+    def _fetch(self, pull: _Pull, deadline: Deadline) -> PulledModule:
+        source = pull.source
+        if isinstance(source, HttpSource):
+            return self._pull_url(pull, source, deadline)
+        result = self._first_route(source, lambda route: self._pull(pull, route, source, deadline))
+        self._access.record_pull(source.name, pull.requester)
+        return result
+
+    def _pull_url(self, pull: _Pull, source: HttpSource, deadline: Deadline) -> PulledModule:
+        """Download a module named by URL and sha256; the body may be Wasm, gzip or a tarball."""
+        where = display_url(source.url)
+        limit = self._settings.max_module_bytes
+        assert pull.sha256 is not None
+        with self._store.temp_file() as (_, body_fd), os.fdopen(body_fd, "w+b") as body:
+            self._http.fetch(source.url, body, deadline, limit=limit, progress=pull.progress)
+            body.flush()
+            body.seek(0)
+            with self._store.temp_file() as (module_path, module_fd):
+                with os.fdopen(module_fd, "wb") as out:
+                    module_hex, _ = unpack_body(body, out, limit=limit, where=where)
+                    out.flush()
+                _check_sha256(pull.sha256, module_hex, (), where)
+                self._store.commit_module(module_path, module_hex)
+        return self._stored(module_hex, None, from_cache=False)
+
     def _finished(self, started: float, result: str, size: int) -> None:
         if self._observer is not None:
             self._observer.pull_finished(result, time.monotonic() - started, size)
 
-    def _pull(self, pull: _Pull, route: Reference, deadline: Deadline) -> PulledModule:
-        """Pull ``pull.reference`` from ``route`` (itself or a mirror's rewrite of it)."""
-        reference, sha256, keychain = pull.reference, pull.sha256, pull.keychain
+    def _pull(
+        self, pull: _Pull, route: Reference, reference: Reference, deadline: Deadline
+    ) -> PulledModule:
+        """Pull ``reference`` from ``route`` (itself or a mirror's rewrite of it)."""
+        sha256, keychain = pull.sha256, pull.keychain
         manifest, digests = self._resolve_manifest(route, keychain, deadline)
         where = str(reference)
         known = self._store.module_for_manifest(manifest.digest)
@@ -382,9 +434,10 @@ def _check_sha256(
     """The sha256 attribute may name the module bytes or (for OCI) the manifest, as in Istio."""
     if expected is None or expected in (module_hex, *map(_hex, manifest_digests)):
         return
+    manifest = f" and the manifest {manifest_digests[-1]}" if manifest_digests else ""
     raise DigestMismatch(
-        f"sha256 mismatch for {where}: expected {expected}, but the module is {module_hex} "
-        f"and the manifest {manifest_digests[-1]}; fix the sha256 attribute or the url"
+        f"sha256 mismatch for {where}: expected {expected}, but the module is {module_hex}"
+        f"{manifest}; fix the sha256 attribute or the url"
     )
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from support.driver import NodeDirs
 from support.registry import Registry
 from support.tools import ContainersTools
 
@@ -39,6 +41,16 @@ def container_tools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Contai
         yield tools
     finally:
         tools.close()
+
+
+@pytest.fixture
+def node_dirs(tmp_path: Path) -> Iterator[NodeDirs]:
+    """An emulated node: driver root, kubelet dir, socket path; mounts removed afterwards."""
+    dirs = NodeDirs(tmp_path)
+    try:
+        yield dirs
+    finally:
+        dirs.cleanup_mounts()
 
 
 @pytest.fixture

@@ -18,13 +18,13 @@ from csi_wasm.errors import FailedPrecondition
 from csi_wasm.formats.wasm import HEADER_SIZE, check_wasm_header
 
 MODULE_NAME = "plugin.wasm"
-_GZIP_MAGIC = b"\x1f\x8b"
+GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1024 * 1024
 # Tar headers and padding around the module; other files in the layer count against it too.
 _TAR_OVERHEAD = 1024 * 1024
 
 
-class _BoundedReader:
+class BoundedReader:
     """A read-only stream that refuses to yield more than ``limit`` bytes."""
 
     def __init__(self, inner: BinaryIO | gzip.GzipFile, limit: int, where: str) -> None:
@@ -53,8 +53,8 @@ def extract_plugin(blob: BinaryIO, out: BinaryIO, *, limit: int, where: str) -> 
     """
     head = blob.read(2)
     blob.seek(0)
-    source: BinaryIO | gzip.GzipFile = gzip.GzipFile(fileobj=blob) if head == _GZIP_MAGIC else blob
-    stream = _BoundedReader(source, limit + _TAR_OVERHEAD, where)
+    source: BinaryIO | gzip.GzipFile = gzip.GzipFile(fileobj=blob) if head == GZIP_MAGIC else blob
+    stream = BoundedReader(source, limit + _TAR_OVERHEAD, where)
     links: list[str] = []
     try:
         with tarfile.open(fileobj=stream, mode="r|") as archive:  # type: ignore[call-overload]
@@ -73,7 +73,7 @@ def extract_plugin(blob: BinaryIO, out: BinaryIO, *, limit: int, where: str) -> 
                 handle = archive.extractfile(member)
                 if handle is None:  # pragma: no cover - regular members always have data
                     break
-                return _copy_module(handle, out, where)
+                return copy_module(handle, out, where)
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError) as error:
         raise FailedPrecondition(f"{where} is not a readable tar archive ({error})") from error
     if links:
@@ -98,7 +98,8 @@ def _kind(member: tarfile.TarInfo) -> str:
     return "special file"
 
 
-def _copy_module(handle: BinaryIO, out: BinaryIO, where: str) -> tuple[str, int]:
+def copy_module(handle: BinaryIO | BoundedReader, out: BinaryIO, where: str) -> tuple[str, int]:
+    """Copy a module to ``out``, checking its Wasm header; returns (sha256 hex, size)."""
     digest = hashlib.sha256()
     size = 0
     header_checked = False

@@ -12,6 +12,15 @@ Modules: :mod:`.credentials` (dockerconfigjson -> :class:`Keychain`),
 
 from csi_wasm.registry.client import Manifest, RegistryClient
 from csi_wasm.registry.credentials import Credentials, Keychain
+from csi_wasm.registry.http_source import HttpSourceClient, display_url
 from csi_wasm.registry.options import RegistryOptions
 
-__all__ = ["Credentials", "Keychain", "Manifest", "RegistryClient", "RegistryOptions"]
+__all__ = [
+    "Credentials",
+    "HttpSourceClient",
+    "Keychain",
+    "Manifest",
+    "RegistryClient",
+    "RegistryOptions",
+    "display_url",
+]

@@ -20,6 +20,7 @@ import grpc
 from csi_wasm import __version__
 from csi_wasm._proto import csi_pb2_grpc
 from csi_wasm.access import AccessRecords
+from csi_wasm.events import EventRecorder, recorder_from_environment
 from csi_wasm.metrics import Metrics, MetricsServer, StateSnapshot, serve_metrics
 from csi_wasm.mirrors import Mirrors, parse_mirror
 from csi_wasm.mounts import KernelMounter
@@ -68,10 +69,12 @@ class Driver:
     socket: Path
     registry: RegistryClient
     metrics: Metrics
+    events: EventRecorder
     metrics_server: MetricsServer | None = field(default=None)
 
     def stop(self, grace: float = 5.0) -> None:
         self.server.stop(grace).wait()
+        self.events.close()
         if self.metrics_server is not None:
             self.metrics_server.stop()
         self.registry.close()
@@ -114,7 +117,8 @@ def start(settings: ServeSettings) -> Driver:
         mirrors=mirrors,
         observer=_PullMetrics(metrics),
     )
-    service = NodeService(node.pods_dir, puller, records, KernelMounter())
+    events = recorder_from_environment(node.node_id, driver_name=node.driver_name)
+    service = NodeService(node.pods_dir, puller, records, KernelMounter(), events)
 
     def snapshot() -> StateSnapshot:
         cache_bytes, cache_modules = store.usage()
@@ -151,7 +155,7 @@ def start(settings: ServeSettings) -> Driver:
             }
         },
     )
-    return Driver(server, path, registry, metrics, metrics_server)
+    return Driver(server, path, registry, metrics, events, metrics_server)
 
 
 def serve(settings: ServeSettings) -> int:

@@ -419,3 +419,19 @@ def make_self_signed(directory: Path) -> TlsFiles:
         capture_output=True,
     )  # fmt: skip
     return TlsFiles(cert, key)
+
+
+# -- handlers for plain-URL (http_source) tests -------------------------------------
+
+
+def chunked(body: bytes, piece: int = 1024, headers: Mapping[str, str] | None = None) -> Handler:
+    """A body sent with ``Transfer-Encoding: chunked`` in pieces of ``piece`` bytes."""
+
+    def handle(exchange: Exchange) -> None:
+        exchange.start(200, {"Transfer-Encoding": "chunked", **(headers or {})})
+        for start in range(0, len(body), piece):
+            part = body[start : start + piece]
+            exchange.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        exchange.write(b"0\r\n\r\n")
+
+    return handle

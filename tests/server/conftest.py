@@ -4,21 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
 from support.driver import NodeDirs, StartDriver, in_process
 from support.kubelet import Kubelet
 from support.registry import Registry
-
-
-@pytest.fixture
-def node_dirs(tmp_path: Path) -> Iterator[NodeDirs]:
-    dirs = NodeDirs(tmp_path)
-    try:
-        yield dirs
-    finally:
-        dirs.cleanup_mounts()
 
 
 @pytest.fixture

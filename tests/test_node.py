@@ -1,0 +1,116 @@
+"""NodeService without gRPC: what it tells the pod's Events, with real pulls and mounts.
+
+The event recorder is the seam here (in a cluster it talks to the API server; its own
+requests are tested in test_events.py against a fake API server).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from support.driver import NodeDirs
+from support.kubelet import PodVolume
+from support.oci import push_wasm_artifact
+from support.registry import Registry
+from support.wasm import make_module
+
+from csi_wasm.access import AccessRecords
+from csi_wasm.attributes import PodInfo
+from csi_wasm.errors import FailedPrecondition, NotFound
+from csi_wasm.mounts import KernelMounter
+from csi_wasm.node import NodeService, PublishRequest
+from csi_wasm.puller import Puller
+from csi_wasm.registry import RegistryClient, RegistryOptions
+from csi_wasm.settings import PullSettings
+from csi_wasm.store import ModuleStore
+from csi_wasm.volumes import VolumeRecords
+
+
+@dataclass
+class RecordingEvents:
+    seen: list[tuple[str, ...]] = field(default_factory=list)
+
+    def pulled(
+        self, pod: PodInfo, reference: str, digest: str, size: int, seconds: float, cached: bool
+    ) -> None:
+        self.seen.append(("Pulled", str(pod), reference, digest, str(size), str(cached)))
+
+    def failed(self, pod: PodInfo, reason: str, message: str) -> None:
+        self.seen.append((reason, str(pod), message))
+
+    def close(self, timeout: float = 2.0) -> None:
+        return
+
+
+@pytest.fixture
+def events() -> RecordingEvents:
+    return RecordingEvents()
+
+
+@pytest.fixture
+def service(
+    node_dirs: NodeDirs, registry: Registry, events: RecordingEvents
+) -> Iterator[NodeService]:
+    settings = PullSettings(insecure_registries=frozenset({registry.host}))
+    store = ModuleStore(node_dirs.root)
+    store.prepare()
+    records = VolumeRecords(node_dirs.root / "volumes")
+    records.prepare()
+    access = AccessRecords(node_dirs.root / "access")
+    access.prepare()
+    client = RegistryClient(RegistryOptions(insecure_registries=settings.insecure_registries))
+    puller = Puller(store, client, settings, access)
+    yield NodeService(node_dirs.kubelet_dir / "pods", puller, records, KernelMounter(), events)
+    client.close()
+
+
+def _pod(dirs: NodeDirs, name: str) -> PodVolume:
+    parent = dirs.kubelet_dir / "pods" / f"uid-{name}" / "volumes" / "kubernetes.io~csi" / "wasm"
+    parent.mkdir(parents=True)
+    return PodVolume(name, "team", f"uid-{name}", "wasm", parent / "mount")
+
+
+def _request(pod: PodVolume, url: str, **extra: str) -> PublishRequest:
+    return PublishRequest(
+        pod.volume_id, str(pod.target), False, pod.context({"url": url, **extra}), {}
+    )
+
+
+def test_publish_reports_pulled_then_already_on_node(
+    service: NodeService,
+    events: RecordingEvents,
+    node_dirs: NodeDirs,
+    registry: Registry,
+    unique_repo: str,
+) -> None:
+    module = make_module(2048, "events")
+    pushed = push_wasm_artifact(registry, unique_repo, "v1", module)
+    first, second = _pod(node_dirs, "first"), _pod(node_dirs, "second")
+    service.publish(_request(first, pushed.reference), wait=30)
+    service.publish(_request(second, pushed.reference), wait=30)
+    service.publish(_request(second, pushed.reference), wait=30)  # idempotent: no new event
+    assert events.seen == [
+        ("Pulled", "team/first", pushed.reference, pushed.module_sha256, str(len(module)), "False"),
+        ("Pulled", "team/second", pushed.reference, pushed.module_sha256, str(len(module)), "True"),
+    ]
+
+
+def test_failures_report_the_rpc_message(
+    service: NodeService,
+    events: RecordingEvents,
+    node_dirs: NodeDirs,
+    registry: Registry,
+    unique_repo: str,
+) -> None:
+    pushed = push_wasm_artifact(registry, unique_repo, "v1", make_module(1024, "bad"))
+    pod = _pod(node_dirs, "broken")
+    with pytest.raises(NotFound) as missing:
+        service.publish(_request(pod, f"{registry.host}/{unique_repo}:v2"), wait=30)
+    with pytest.raises(FailedPrecondition) as mismatch:
+        service.publish(_request(pod, pushed.reference, sha256="0" * 64), wait=30)
+    assert events.seen == [
+        ("FailedPull", "team/broken", missing.value.message),
+        ("InvalidModule", "team/broken", mismatch.value.message),
+    ]
