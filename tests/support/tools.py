@@ -296,6 +296,8 @@ def oras_push_artifact(
     *,
     filename: str = "module.wasm",
     config: dict[str, Any] | None = None,
+    layer_type: str | None = WASM_LAYER,
+    config_type: str | None = WASM_CONFIG,
 ) -> PushedModule:
     """A CNCF Wasm artifact pushed by oras-py (``OrasClient.push``).
 
@@ -324,8 +326,9 @@ def oras_push_artifact(
         response = client.push(
             target=f"{registry.host}/{repo}:{tag}",
             config_path=str(docker_config),
-            files=[f"{module_path}:{WASM_LAYER}"],
-            manifest_config=f"{config_path}:{WASM_CONFIG}",
+            # None leaves the choice to oras, as `oras push file.wasm` does.
+            files=[f"{module_path}:{layer_type}" if layer_type else str(module_path)],
+            manifest_config=f"{config_path}:{config_type}" if config_type else None,
             disable_path_validation=True,
             quiet=True,
         )
