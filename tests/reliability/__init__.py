@@ -1,0 +1,1 @@
+"""Reliability: crash points, registry faults, properties and load (see conftest.py)."""
