@@ -334,3 +334,320 @@ def _status(code: int, message: str) -> tuple[int, dict[str, Any]]:
         "reason": _REASONS.get(code, "Unknown"),
         "code": code,
     }
+
+
+# --- ConfigMaps: list and watch by name (for tests of csi_wasm.prefetch) ---------------
+#
+# Appended: everything above is unchanged. FakeConfigMapApiServer is a FakeApiServer
+# that also answers GET /api/v1/namespaces/{ns}/configmaps, list and watch.
+
+import select  # noqa: E402
+import socket  # noqa: E402
+from urllib.parse import parse_qs, urlsplit  # noqa: E402
+
+_CONFIGMAPS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/configmaps$")
+_TRUE = ("1", "t", "T", "TRUE", "true", "True")  # what Go's strconv.ParseBool takes
+
+
+def query_of(request: RecordedRequest) -> dict[str, str]:
+    """The query parameters of a recorded request (the last value of each)."""
+    return {key: values[-1] for key, values in parse_qs(urlsplit(request.path).query).items()}
+
+
+@dataclass
+class _WatchSession:
+    namespace: str
+    name: str | None  # from the field selector; None: every ConfigMap in the namespace
+    queue: deque[bytes | None]  # JSON lines to send; None ends the stream cleanly
+    dropped: bool = False
+
+    def wants(self, namespace: str, name: str) -> bool:
+        return self.namespace == namespace and self.name in (None, name)
+
+
+class FakeConfigMapApiServer(FakeApiServer):
+    """A :class:`FakeApiServer` that also serves core/v1 ConfigMaps, list and watch.
+
+    * ``GET /api/v1/namespaces/{ns}/configmaps?fieldSelector=metadata.name%3D{name}``:
+      a ``ConfigMapList`` with that ConfigMap (or none) and the current resourceVersion.
+      Without that field selector: 403, as RBAC answers a Role that names the object
+      in ``resourceNames`` (set ``require_name_selector = False`` to allow it).
+    * The same with ``watch=true``: a chunked stream of JSON lines
+      ``{"type": ..., "object": ...}``. It starts with every change after the given
+      ``resourceVersion`` (an ``ERROR`` with a 410 ``Status`` if that version was
+      compacted away, then the end of the stream, as the API server does), then
+      follows :meth:`put_configmap` and :meth:`delete_configmap` live.
+    * :meth:`send_watch_event` pushes any event (``BOOKMARK``, ``ERROR``) into the open
+      watches; :meth:`end_watches` ends them cleanly (as ``timeoutSeconds`` does),
+      :meth:`drop_watches` cuts their connections, :meth:`expire_watches` sends them a
+      410 and compacts the history.
+
+    Requests are recorded like every other (a watch when it starts, with status 200);
+    :meth:`fail_next` applies to them too.
+    """
+
+    def __init__(self, tls: TlsFiles | None = None) -> None:
+        super().__init__(tls)
+        self.require_name_selector = True
+        self._configmaps: dict[tuple[str, str], dict[str, Any]] = {}
+        self._history: list[tuple[int, str, dict[str, Any]]] = []
+        self._resource_version = 100
+        self._compacted = 0  # watches from a version below this get 410
+        self._sessions: list[_WatchSession] = []
+        self._closing = False
+
+    def stop(self) -> None:
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
+        super().stop()
+
+    def __enter__(self) -> FakeConfigMapApiServer:
+        self.start()
+        return self
+
+    # Objects.
+
+    @property
+    def resource_version(self) -> str:
+        with self._lock:
+            return str(self._resource_version)
+
+    def put_configmap(self, namespace: str, name: str, data: dict[str, str]) -> str:
+        """Create or replace a ConfigMap; its new resourceVersion."""
+        with self._lock:
+            key = (namespace, name)
+            kind = "MODIFIED" if key in self._configmaps else "ADDED"
+            self._resource_version += 1
+            stored = {
+                "kind": "ConfigMap",
+                "apiVersion": "v1",
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "uid": f"uid-{namespace}-{name}",
+                    "resourceVersion": str(self._resource_version),
+                },
+                "data": dict(data),
+            }
+            self._configmaps[key] = stored
+            self._record_change(kind, stored)
+            return str(self._resource_version)
+
+    def delete_configmap(self, namespace: str, name: str) -> None:
+        with self._lock:
+            stored = self._configmaps.pop((namespace, name))
+            self._resource_version += 1
+            deleted = copy.deepcopy(stored)
+            deleted["metadata"]["resourceVersion"] = str(self._resource_version)
+            self._record_change("DELETED", deleted)
+
+    def configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            stored = self._configmaps.get((namespace, name))
+            return copy.deepcopy(stored) if stored is not None else None
+
+    # Watches.
+
+    @property
+    def open_watches(self) -> int:
+        """Watch streams being served now."""
+        with self._lock:
+            return len(self._sessions)
+
+    def send_watch_event(self, kind: str, obj: dict[str, Any]) -> None:
+        """Push ``{"type": kind, "object": obj}`` into every open watch."""
+        line = _line(kind, obj)
+        with self._lock:
+            for session in self._sessions:
+                session.queue.append(line)
+            self._lock.notify_all()
+
+    def bookmark(self) -> str:
+        """A BOOKMARK at the current resourceVersion into every open watch; that version."""
+        version = self.resource_version
+        self.send_watch_event(
+            "BOOKMARK",
+            {"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"resourceVersion": version}},
+        )
+        return version
+
+    def end_watches(self) -> None:
+        """End every open watch cleanly, as the API server does after timeoutSeconds."""
+        with self._lock:
+            for session in self._sessions:
+                session.queue.append(None)
+            self._lock.notify_all()
+
+    def drop_watches(self) -> None:
+        """Cut every open watch's connection mid-stream."""
+        with self._lock:
+            for session in self._sessions:
+                session.dropped = True
+            self._lock.notify_all()
+
+    def compact(self) -> None:
+        """Forget the history: a watch from any version before the current one gets 410."""
+        with self._lock:
+            self._compacted = self._resource_version
+            self._history.clear()
+
+    def expire_watches(self) -> None:
+        """Compact, then send every open watch an ERROR 410 and end it."""
+        self.compact()
+        with self._lock:
+            for session in self._sessions:
+                session.queue.append(_line("ERROR", _gone()))
+                session.queue.append(None)
+            self._lock.notify_all()
+
+    # Serving.
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        match = _CONFIGMAPS.match(handler.path.split("?", 1)[0])
+        if handler.command != "GET" or match is None:
+            super()._handle(handler)
+            return
+        query = {k: v[-1] for k, v in parse_qs(urlsplit(handler.path).query).items()}
+        headers = {name.lower(): value for name, value in handler.headers.items()}
+        namespace = match["ns"]
+        selector = query.get("fieldSelector")
+        name = None
+        if selector is not None:
+            field_name, _, value = selector.partition("=")
+            if field_name != "metadata.name" or not value:
+                self._reply(handler, headers, *_status(400, f"unsupported selector {selector}"))
+                return
+            name = value.removeprefix("=")
+        with self._lock:
+            failure = self._failures.popleft() if self._failures else None
+        if failure is not None:
+            self._reply(handler, headers, *_status(failure, "injected failure"))
+        elif name is None and self.require_name_selector:
+            self._reply(
+                handler,
+                headers,
+                *_status(403, f'configmaps is forbidden: cannot list in namespace "{namespace}"'),
+            )
+        elif query.get("watch") in _TRUE:
+            self._watch(handler, headers, namespace, name, query.get("resourceVersion"))
+        else:
+            self._reply(handler, headers, 200, self._list(namespace, name))
+
+    def _reply(
+        self,
+        handler: BaseHTTPRequestHandler,
+        headers: dict[str, str],
+        status: int,
+        answer: dict[str, Any],
+    ) -> None:
+        with self._lock:
+            self._requests.append(RecordedRequest("GET", handler.path, headers, None, status))
+            self._lock.notify_all()
+        payload = json.dumps(answer).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(payload)))
+        if status >= 400:
+            handler.send_header("X-Detail", SECRET_IN_ERRORS)
+        handler.end_headers()
+        handler.wfile.write(payload)
+
+    def _list(self, namespace: str, name: str | None) -> dict[str, Any]:
+        with self._lock:
+            items = [
+                copy.deepcopy(stored)
+                for (ns, stored_name), stored in sorted(self._configmaps.items())
+                if ns == namespace and name in (None, stored_name)
+            ]
+            version = str(self._resource_version)
+        return {
+            "kind": "ConfigMapList",
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": version},
+            "items": items,
+        }
+
+    def _watch(
+        self,
+        handler: BaseHTTPRequestHandler,
+        headers: dict[str, str],
+        namespace: str,
+        name: str | None,
+        version_text: str | None,
+    ) -> None:
+        session = _WatchSession(namespace, name, deque())
+        with self._lock:
+            version = int(version_text) if version_text and version_text.isdigit() else 0
+            if version == 0:  # "any": start with the current objects
+                for (ns, stored_name), stored in sorted(self._configmaps.items()):
+                    if session.wants(ns, stored_name):
+                        session.queue.append(_line("ADDED", stored))
+            elif version < self._compacted:
+                session.queue.extend([_line("ERROR", _gone()), None])
+            else:
+                for changed, kind, obj in self._history:
+                    meta = obj["metadata"]
+                    if changed > version and session.wants(meta["namespace"], meta["name"]):
+                        session.queue.append(_line(kind, obj))
+            self._sessions.append(session)
+            self._requests.append(RecordedRequest("GET", handler.path, headers, None, 200))
+            self._lock.notify_all()
+        try:
+            handler.protocol_version = "HTTP/1.1"
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Transfer-Encoding", "chunked")
+            handler.send_header("Connection", "close")
+            handler.end_headers()
+            self._stream(handler, session)
+        except OSError:
+            pass  # the client went away
+        finally:
+            handler.close_connection = True
+            with self._lock:
+                self._sessions.remove(session)
+                self._lock.notify_all()
+
+    def _stream(self, handler: BaseHTTPRequestHandler, session: _WatchSession) -> None:
+        connection = handler.connection
+        while True:
+            with self._lock:
+                while not (session.queue or session.dropped or self._closing):
+                    self._lock.wait(0.05)
+                    if select.select([connection], [], [], 0)[0]:
+                        return  # the client closed its end (nothing else is sent mid-stream)
+                if session.dropped or self._closing:
+                    connection.shutdown(socket.SHUT_RDWR)
+                    return
+                line = session.queue.popleft()
+            if line is None:
+                handler.wfile.write(b"0\r\n\r\n")
+                return
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+
+    def _record_change(self, kind: str, obj: dict[str, Any]) -> None:
+        """With the lock held: keep the change for later watches and send it to open ones."""
+        self._history.append((self._resource_version, kind, copy.deepcopy(obj)))
+        line = _line(kind, obj)
+        meta = obj["metadata"]
+        for session in self._sessions:
+            if session.wants(meta["namespace"], meta["name"]):
+                session.queue.append(line)
+        self._lock.notify_all()
+
+
+def _line(kind: str, obj: dict[str, Any]) -> bytes:
+    return json.dumps({"type": kind, "object": obj}).encode() + b"\n"
+
+
+def _gone() -> dict[str, Any]:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": "too old resource version",
+        "reason": "Expired",
+        "code": 410,
+    }

@@ -1,0 +1,1013 @@
+"""Prefetch: pull listed modules on every node before a pod asks for them.
+
+The list comes from two places:
+
+* ``--prefetch REF`` flags (static, for the life of the process), and
+* in a cluster, the ConfigMap the Helm chart renders from the value ``prefetch: []``
+  (``<fullname>-prefetch``, key ``prefetch.json``), followed with a list+watch so that an
+  edit reaches every node within seconds (dynamic).
+
+Each entry is what a volume's attributes say (``url``, ``sha256``, ``imagePullPolicy``)
+and is validated the same way (:func:`csi_wasm.attributes.parse_attributes`). A bad
+entry is logged and skipped; it never stops the others, nor the driver.
+
+:class:`Prefetcher` owns one daemon thread that fetches every listed entry through the
+``fetch`` seam (in the driver: the shared puller, so a prefetch and a pod's publish join
+the same download). Rules:
+
+* A failure is retried per entry with exponential backoff and jitter, capped
+  (``backoff_initial`` doubling up to ``backoff_max``), forever while the entry is
+  listed: a tag pushed later, or a registry back from an outage, is picked up.
+* An entry fetched once is done, unless its reference can move (pull policy
+  ``Always``, the default for ``latest`` or no tag): that one is fetched again every
+  ``refresh`` seconds, so a moved tag is pre-pulled too.
+* :meth:`Prefetcher.pinned` is the set of module digests of listed, fetched entries:
+  garbage collection never evicts them. An entry removed from the list is unpinned and
+  no longer retried; a fetch that was running for it is discarded.
+
+:class:`ConfigMapWatcher` follows one ConfigMap the way client-go's reflector does:
+LIST (with ``fieldSelector=metadata.name=NAME``: the chart's Role grants list/watch on
+that one name only) for the object and a resourceVersion, then WATCH from there with
+bookmarks. ``410 Gone`` or a dropped stream means LIST again; other errors are retried
+with backoff. It never raises into the caller and logs each distinct problem once.
+
+Only :class:`CoreV1ConfigMapApi` touches the (untyped) ``kubernetes`` client; the
+watcher sees the two calls it needs through :class:`ConfigMapApi`. The client is
+imported by :func:`watcher_from_environment` only, when running in a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from csi_wasm import __version__
+from csi_wasm.attributes import (
+    PULL_POLICY,
+    SHA256,
+    URL,
+    ModuleRequest,
+    PullPolicy,
+    parse_attributes,
+)
+from csi_wasm.errors import CsiWasmError
+from csi_wasm.registry.http_source import display_url
+
+__all__ = [
+    "DEFAULT_KEY",
+    "ConfigMapApi",
+    "ConfigMapApiError",
+    "ConfigMapList",
+    "ConfigMapWatcher",
+    "CoreV1ConfigMapApi",
+    "PrefetchEntry",
+    "Prefetcher",
+    "WatchEvent",
+    "WatchStream",
+    "parse_configmap_ref",
+    "parse_prefetch_flag",
+    "parse_prefetch_list",
+    "watcher_from_environment",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KEY = "prefetch.json"
+DEFAULT_REFRESH = 3600.0
+DEFAULT_WATCH_SECONDS = 300  # the API server ends each watch after this; we start another
+DEFAULT_REQUEST_TIMEOUT = 10.0
+
+_FLAG_SHA256 = "#sha256="
+_SHOWN_MAX = 300
+_PROBLEMS_REMEMBERED = 32
+# A random draw r in [0, 1) shortens a delay by up to this share: d * (1 - share * r).
+_BACKOFF_JITTER = 0.5
+_REFRESH_JITTER = 0.1
+
+
+# --- the list -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrefetchEntry:
+    """One module to prefetch, with the meaning of the volume attributes of the same name."""
+
+    url: str
+    sha256: str | None = None
+    image_pull_policy: str | None = None  # "Always" / "IfNotPresent"; None: the default
+
+    def attributes(self) -> dict[str, str]:
+        attributes = {URL: self.url}
+        if self.sha256 is not None:
+            attributes[SHA256] = self.sha256
+        if self.image_pull_policy is not None:
+            attributes[PULL_POLICY] = self.image_pull_policy
+        return attributes
+
+    def request(self) -> ModuleRequest:
+        """The validated request; :class:`~csi_wasm.errors.InvalidArgument` if invalid."""
+        return parse_attributes(self.attributes())
+
+    @property
+    def shown(self) -> str:
+        """The url as logs show it: an http(s) URL without user info, query or fragment."""
+        url = self.url.strip()
+        if url.lower().startswith(("https://", "http://")):
+            return display_url(url)
+        return url[:_SHOWN_MAX]
+
+
+def parse_prefetch_list(text: str) -> tuple[list[PrefetchEntry], list[str]]:
+    """The valid entries of a ``prefetch.json`` document, and one line per problem.
+
+    The document is a JSON list whose items are either a string (the ``url``) or an
+    object with ``url`` and optional ``sha256`` and ``imagePullPolicy``. Invalid items
+    are left out and described in the problems; nothing here raises.
+    """
+    try:
+        document = json.loads(text) if text.strip() else []
+    except ValueError as error:
+        return [], [f"{DEFAULT_KEY} is not valid JSON: {error}"]
+    if not isinstance(document, list):
+        return [], [
+            f"{DEFAULT_KEY} must be a JSON list of module urls or "
+            f'{{"url": ..., "sha256": ...}} objects, not a {_json_type(document)}'
+        ]
+    entries: list[PrefetchEntry] = []
+    problems: list[str] = []
+    for index, item in enumerate(document):
+        try:
+            entry = _entry(item)
+            entry.request()
+        except (CsiWasmError, ValueError, TypeError) as error:
+            problems.append(f"entry {index} skipped: {_one_line(error)}")
+            continue
+        entries.append(entry)
+    return entries, problems
+
+
+def _entry(item: object) -> PrefetchEntry:
+    if isinstance(item, str):
+        return PrefetchEntry(item)
+    if not isinstance(item, dict):
+        raise TypeError(f"expected a url string or an object with 'url', not a {_json_type(item)}")
+    unknown = sorted(str(key) for key in item if key not in (URL, SHA256, PULL_POLICY))
+    if unknown:
+        raise ValueError(
+            f"unknown field(s) {', '.join(map(repr, unknown))}; "
+            f"accepted: {URL}, {SHA256}, {PULL_POLICY}"
+        )
+    values: dict[str, str | None] = {}
+    for key in (URL, SHA256, PULL_POLICY):
+        value = item.get(key)
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"field {key!r} must be a string, not a {_json_type(value)}")
+        values[key] = value
+    url = values[URL]
+    if url is None:
+        raise ValueError("field 'url' is required, e.g. oci://ghcr.io/acme/filter:v1")
+    return PrefetchEntry(url, values[SHA256], values[PULL_POLICY])
+
+
+def parse_prefetch_flag(value: str) -> PrefetchEntry:
+    """A ``--prefetch`` value: a url as the ``url`` attribute takes it.
+
+    An http(s) URL needs the module's sha256, given as a ``#sha256=<hex>`` suffix
+    (``https://example.com/f.wasm#sha256=0123…``). ValueError with a one-line message
+    when invalid, for the command line to report.
+    """
+    url, sha256 = value.strip(), None
+    if _FLAG_SHA256 in url:
+        url, sha256 = url.rsplit(_FLAG_SHA256, 1)
+    entry = PrefetchEntry(url, sha256)
+    try:
+        entry.request()
+    except CsiWasmError as error:
+        raise ValueError(f"--prefetch {entry.shown!r}: {error.message}") from None
+    return entry
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return {dict: "object", list: "list", str: "string", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _jittered(delay: float, draw: float, share: float) -> float:
+    return delay * (1.0 - share * min(max(draw, 0.0), 1.0))
+
+
+def _backoff(failures: int, initial: float, cap: float, draw: float) -> float:
+    """``initial`` doubled per failure after the first, capped, then jittered down."""
+    exponent = min(max(failures - 1, 0), 62)
+    return _jittered(min(cap, initial * 2.0**exponent), draw, _BACKOFF_JITTER)
+
+
+# --- the prefetcher -------------------------------------------------------------------
+
+
+Fetch = Callable[[ModuleRequest], str]
+Wait = Callable[[threading.Condition, float | None], object]
+
+
+def _condition_wait(condition: threading.Condition, timeout: float | None) -> object:
+    return condition.wait(timeout)
+
+
+@dataclass(eq=False)
+class _Tracked:
+    """A listed entry and what happened to it."""
+
+    entry: PrefetchEntry
+    request: ModuleRequest
+    next_at: float
+    digest: str | None = None  # the module fetched last; pinned while listed
+    failures: int = 0  # consecutive failed attempts
+    error: str | None = None  # of the last attempt, if it failed
+    logged_error: str | None = None  # the last failure logged at warning level
+    attempted: bool = False
+
+    @property
+    def moving(self) -> bool:
+        return self.request.pull_policy is PullPolicy.ALWAYS
+
+
+class Prefetcher:
+    """Fetches every listed module in the background; see the module docstring.
+
+    ``fetch`` pulls a module (or finds it in the cache) and returns its digest (hex);
+    it raises :class:`~csi_wasm.errors.CsiWasmError` on failure. ``on_result(url, ok)``
+    is told about every finished attempt (metrics). ``clock``, ``wait`` (called with
+    the worker's condition held, like ``Condition.wait``) and ``jitter`` (a draw in
+    [0, 1)) are seams for tests.
+    """
+
+    def __init__(
+        self,
+        fetch: Fetch,
+        *,
+        static: Sequence[PrefetchEntry] = (),
+        clock: Callable[[], float] = time.monotonic,
+        wait: Wait = _condition_wait,
+        jitter: Callable[[], float] = random.random,
+        backoff_initial: float = 5.0,
+        backoff_max: float = 600.0,
+        refresh: float = DEFAULT_REFRESH,
+        on_result: Callable[[str, bool], None] | None = None,
+    ) -> None:
+        self._fetch = fetch
+        self._clock = clock
+        self._wait = wait
+        self._jitter = jitter
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._refresh = refresh
+        self._on_result = on_result
+        self._cond = threading.Condition()
+        self._static = self._validated(static, "--prefetch")
+        self._dynamic: dict[ModuleRequest, PrefetchEntry] = {}
+        self._tracked: dict[ModuleRequest, _Tracked] = {}
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        with self._cond:
+            self._relist()
+
+    # What callers see.
+
+    def set_dynamic(self, entries: Sequence[PrefetchEntry]) -> None:
+        """Replace the ConfigMap's list: new entries are fetched, dropped ones forgotten."""
+        dynamic = self._validated(entries, "the prefetch list")
+        with self._cond:
+            self._dynamic = dynamic
+            added, removed = self._relist()
+            listed = len(self._tracked)
+            self._cond.notify_all()
+        log.log(
+            logging.INFO if added or removed else logging.DEBUG,
+            "prefetch list updated",
+            extra={"fields": {"listed": listed, "added": added, "removed": removed}},
+        )
+
+    def pinned(self) -> set[str]:
+        """Module digests of every listed entry that was fetched: never evict these."""
+        with self._cond:
+            return {t.digest for t in self._tracked.values() if t.digest is not None}
+
+    def status(self) -> dict[str, str]:
+        """url -> ``ready <digest>``, ``retrying in Ns: <message>`` or ``pending``."""
+        with self._cond:
+            now = self._clock()
+            return {t.entry.shown: self._describe(t, now) for t in self._tracked.values()}
+
+    def counts(self) -> dict[str, int]:
+        """How many listed entries are ``ready``, ``failing`` or ``pending`` (a gauge)."""
+        counts = {"ready": 0, "failing": 0, "pending": 0}
+        with self._cond:
+            for tracked in self._tracked.values():
+                counts[_state(tracked)] += 1
+        return counts
+
+    def start(self) -> None:
+        with self._cond:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the worker; a fetch in progress is not waited for beyond ``timeout``."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    # The list.
+
+    def _validated(
+        self, entries: Sequence[PrefetchEntry], origin: str
+    ) -> dict[ModuleRequest, PrefetchEntry]:
+        valid: dict[ModuleRequest, PrefetchEntry] = {}
+        for entry in entries:
+            try:
+                request = entry.request()
+            except CsiWasmError as error:
+                log.warning(
+                    "prefetch entry skipped",
+                    extra={
+                        "fields": {"origin": origin, "url": entry.shown, "error": error.message}
+                    },
+                )
+                continue
+            valid.setdefault(request, entry)
+        return valid
+
+    def _relist(self) -> tuple[int, int]:
+        """Track exactly static + dynamic; the numbers of entries added and removed."""
+        wanted = dict(self._static)
+        for request, entry in self._dynamic.items():
+            wanted.setdefault(request, entry)
+        now = self._clock()
+        removed = [t for request, t in self._tracked.items() if request not in wanted]
+        for tracked in removed:
+            log.info(
+                "module no longer listed for prefetch; unpinned",
+                extra={"fields": {"url": tracked.entry.shown, "digest": tracked.digest}},
+            )
+        kept = {r: t for r, t in self._tracked.items() if r in wanted}
+        added = 0
+        tracked_now: dict[ModuleRequest, _Tracked] = {}
+        for request, entry in wanted.items():
+            existing = kept.get(request)
+            if existing is None:
+                existing = _Tracked(entry, request, next_at=now)
+                added += 1
+            tracked_now[request] = existing
+        self._tracked = tracked_now
+        return added, len(removed)
+
+    # The worker.
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                tracked = self._next_due()
+                if tracked is None:
+                    return
+            self._attempt(tracked)
+
+    def _next_due(self) -> _Tracked | None:
+        """The entry to fetch now, waiting until one is due; None once stopping."""
+        while not self._stopping:
+            now = self._clock()
+            pending = list(self._tracked.values())
+            due = [t for t in pending if t.next_at <= now]
+            if due:
+                return min(due, key=lambda t: t.next_at)
+            upcoming = [t.next_at for t in pending if math.isfinite(t.next_at)]
+            self._wait(self._cond, max(0.0, min(upcoming) - now) if upcoming else None)
+        return None
+
+    def _attempt(self, tracked: _Tracked) -> None:
+        shown = tracked.entry.shown
+        digest: str | None = None
+        error = ""
+        try:
+            digest = self._fetch(tracked.request)
+        except CsiWasmError as caught:
+            error = caught.message
+        except Exception as caught:  # a bug in the seam must not end prefetching
+            error = f"internal error ({type(caught).__name__})"
+            log.exception("prefetch failed unexpectedly", extra={"fields": {"url": shown}})
+        with self._cond:
+            if self._tracked.get(tracked.request) is not tracked:
+                log.debug(
+                    "prefetch result dropped: no longer listed", extra={"fields": {"url": shown}}
+                )
+                return
+            now = self._clock()
+            tracked.attempted = True
+            if digest is not None:
+                self._succeeded(tracked, digest, now)
+            else:
+                self._failed(tracked, error, now)
+        if self._on_result is not None:
+            try:
+                self._on_result(shown, digest is not None)
+            except Exception:
+                log.exception("prefetch result observer failed")
+
+    def _succeeded(self, tracked: _Tracked, digest: str, now: float) -> None:
+        previous, failures = tracked.digest, tracked.failures
+        tracked.digest, tracked.failures = digest, 0
+        tracked.error = tracked.logged_error = None
+        if tracked.moving:
+            tracked.next_at = now + _jittered(self._refresh, self._jitter(), _REFRESH_JITTER)
+        else:
+            tracked.next_at = math.inf
+        fields: dict[str, object] = {"url": tracked.entry.shown, "digest": digest}
+        if previous is not None and previous != digest:
+            fields["previous_digest"] = previous
+        if failures:
+            fields["failed_attempts"] = failures
+        level = logging.INFO if previous != digest or failures else logging.DEBUG
+        log.log(level, "module prefetched", extra={"fields": fields})
+
+    def _failed(self, tracked: _Tracked, error: str, now: float) -> None:
+        tracked.failures += 1
+        tracked.error = error
+        delay = _backoff(tracked.failures, self._backoff_initial, self._backoff_max, self._jitter())
+        tracked.next_at = now + delay
+        # A repeat of the same message only at debug level: retries can be many.
+        level = logging.WARNING if error != tracked.logged_error else logging.DEBUG
+        tracked.logged_error = error
+        log.log(
+            level,
+            "cannot prefetch module; will retry",
+            extra={
+                "fields": {
+                    "url": tracked.entry.shown,
+                    "error": error,
+                    "attempt": tracked.failures,
+                    "retry_in_s": round(delay, 1),
+                }
+            },
+        )
+
+    @staticmethod
+    def _describe(tracked: _Tracked, now: float) -> str:
+        if tracked.error is not None:
+            left = max(0, math.ceil(tracked.next_at - now))
+            return f"retrying in {left}s: {tracked.error}"
+        if tracked.digest is not None:
+            return f"ready {tracked.digest}"
+        return "pending"
+
+
+def _state(tracked: _Tracked) -> str:
+    if tracked.error is not None:
+        return "failing"
+    return "ready" if tracked.digest is not None else "pending"
+
+
+# --- the API seam ---------------------------------------------------------------------
+
+
+class ConfigMapApiError(Exception):
+    """A ConfigMap API call failed. ``status`` is the HTTP status, None without one.
+
+    As :class:`csi_wasm.events.EventsApiError`: only the status and the kind of
+    failure, never response headers or bodies.
+    """
+
+    def __init__(self, status: int | None, kind: str) -> None:
+        super().__init__(f"HTTP {status}" if status is not None else kind)
+        self.status = status
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class ConfigMapList:
+    """What a LIST by name found: the object (None if absent) and the list's version."""
+
+    object: Mapping[str, Any] | None
+    resource_version: str
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    type: str  # ADDED, MODIFIED, DELETED, BOOKMARK, ERROR
+    object: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def resource_version(self) -> str | None:
+        metadata = self.object.get("metadata")
+        version = metadata.get("resourceVersion") if isinstance(metadata, Mapping) else None
+        return version if isinstance(version, str) and version else None
+
+
+class WatchStream(Protocol):
+    """Events of one watch request. Iterating ends when the server ends the watch and
+    raises :class:`ConfigMapApiError` when the stream breaks. :meth:`close` may be
+    called from another thread to interrupt a blocked read."""
+
+    def __iter__(self) -> Iterator[WatchEvent]: ...
+
+    def close(self) -> None: ...
+
+
+class ConfigMapApi(Protocol):
+    """The two calls the watcher makes; raise :class:`ConfigMapApiError` on failure."""
+
+    def list_configmap(self, namespace: str, name: str) -> ConfigMapList: ...
+
+    def watch_configmap(
+        self, namespace: str, name: str, resource_version: str, timeout_seconds: int
+    ) -> WatchStream: ...
+
+
+class CoreV1ConfigMapApi:
+    """:class:`ConfigMapApi` on a ``kubernetes.client.CoreV1Api``, reading raw responses.
+
+    Both calls are ``list_namespaced_config_map`` with the field selector
+    ``metadata.name=NAME``: the only form of list and watch that RBAC's
+    ``resourceNames`` allows.
+    """
+
+    def __init__(self, core_v1: Any, *, request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
+        self._core_v1 = core_v1
+        self._timeout = request_timeout
+
+    def list_configmap(self, namespace: str, name: str) -> ConfigMapList:
+        response = _request(
+            lambda: self._core_v1.list_namespaced_config_map(
+                namespace,
+                field_selector=f"metadata.name={name}",
+                _preload_content=False,
+                _request_timeout=self._timeout,
+            )
+        )
+        try:
+            data = bytes(response.data)
+        except Exception as error:
+            raise ConfigMapApiError(None, type(error).__name__) from None
+        finally:
+            response.release_conn()
+        return _config_map_list(data, name)
+
+    def watch_configmap(
+        self, namespace: str, name: str, resource_version: str, timeout_seconds: int
+    ) -> WatchStream:
+        response = _request(
+            lambda: self._core_v1.list_namespaced_config_map(
+                namespace,
+                field_selector=f"metadata.name={name}",
+                watch=True,
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=timeout_seconds,
+                _preload_content=False,
+                # The server ends the watch after timeout_seconds; a longer silence
+                # means a dead connection.
+                _request_timeout=(self._timeout, float(timeout_seconds) + 30.0),
+            )
+        )
+        return _ResponseStream(response)
+
+
+def _request(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except Exception as error:
+        status = getattr(error, "status", None)
+        # Chaining would carry the client's exception (headers and body) along.
+        raise ConfigMapApiError(
+            status if isinstance(status, int) else None, type(error).__name__
+        ) from None
+
+
+def _config_map_list(data: bytes, name: str) -> ConfigMapList:
+    try:
+        listed = json.loads(data)
+    except ValueError:
+        raise ConfigMapApiError(None, "malformed list response") from None
+    metadata = listed.get("metadata") if isinstance(listed, dict) else None
+    version = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
+    items = listed.get("items") if isinstance(listed, dict) else None
+    if not isinstance(version, str) or not isinstance(items, list | None):
+        raise ConfigMapApiError(None, "malformed list response")
+    found = None
+    for item in items or []:
+        item_metadata = item.get("metadata") if isinstance(item, dict) else None
+        if isinstance(item_metadata, dict) and item_metadata.get("name") == name:
+            found = item
+    return ConfigMapList(found, version)
+
+
+class _ResponseStream:
+    """Newline-delimited watch events from a urllib3 response (chunked, as the API
+    server sends them)."""
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+
+    def __iter__(self) -> Iterator[WatchEvent]:
+        pending = b""
+        try:
+            for chunk in self._response.stream(65536, decode_content=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield _watch_event(line)
+        except ConfigMapApiError:
+            raise
+        except Exception as error:
+            raise ConfigMapApiError(None, f"watch stream broken ({type(error).__name__})") from None
+        finally:
+            self._response.close()
+
+    def close(self) -> None:
+        # shutdown() wakes a read blocked in another thread; close() alone may not.
+        shutdown = getattr(self._response, "shutdown", None)
+        try:
+            if callable(shutdown):
+                shutdown()
+            else:
+                self._response.close()
+        except Exception as error:
+            log.debug("closing the watch failed", extra={"fields": {"error": repr(error)}})
+
+
+def _watch_event(line: bytes) -> WatchEvent:
+    try:
+        decoded = json.loads(line)
+    except ValueError:
+        raise ConfigMapApiError(None, "malformed watch event") from None
+    kind = decoded.get("type") if isinstance(decoded, dict) else None
+    obj = decoded.get("object") if isinstance(decoded, dict) else None
+    if not isinstance(kind, str) or not isinstance(obj, dict):
+        raise ConfigMapApiError(None, "malformed watch event")
+    return WatchEvent(kind, obj)
+
+
+# --- the watcher ----------------------------------------------------------------------
+
+
+class _Gone(Exception):
+    """The resourceVersion is too old (410): list again."""
+
+
+class _Broken(Exception):
+    """The watch failed: list again (after a backoff unless it had been healthy)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+_NO_STATE = object()
+
+
+class ConfigMapWatcher:
+    """Follows one ConfigMap and hands its prefetch list to ``on_change``.
+
+    ``on_change`` gets the valid entries of ``data[key]`` on the first successful LIST
+    and again whenever that text changes; an absent (or deleted) ConfigMap or key
+    means an empty list. API errors keep the last list. ``on_change`` runs on the
+    watcher's thread.
+
+    ``wait(seconds)`` is the pause between failing attempts (it returns early when the
+    watcher stops unless a test replaces it) and ``clock`` tells a watch that lasted
+    from one that ended at once (``min_healthy`` seconds); both are test seams.
+    """
+
+    def __init__(
+        self,
+        api: ConfigMapApi,
+        namespace: str,
+        name: str,
+        on_change: Callable[[Sequence[PrefetchEntry]], None],
+        key: str = DEFAULT_KEY,
+        *,
+        watch_seconds: int = DEFAULT_WATCH_SECONDS,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 60.0,
+        min_healthy: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        wait: Callable[[float], object] | None = None,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._api = api
+        self._namespace = namespace
+        self._name = name
+        self._on_change = on_change
+        self._key = key
+        self._watch_seconds = watch_seconds
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._min_healthy = min_healthy
+        self._clock = clock
+        self._stopping = threading.Event()
+        self._wait = wait if wait is not None else self._stopping.wait
+        self._jitter = jitter
+        self._lock = threading.Lock()
+        self._stream: WatchStream | None = None
+        self._thread: threading.Thread | None = None
+        self._applied: object = _NO_STATE
+        self._problems: OrderedDict[str, None] = OrderedDict()
+        self._failures = 0
+        self._gone_in_a_row = 0
+
+    @property
+    def where(self) -> str:
+        return f"{self._namespace}/{self._name}"
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(
+                target=self._run, name=f"watch configmap {self.where}", daemon=True
+            )
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        with self._lock:
+            stream, thread = self._stream, self._thread
+        if stream is not None:
+            stream.close()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    # The loop.
+
+    def _run(self) -> None:
+        version: str | None = None
+        while not self._stopping.is_set():
+            if self._failures:
+                delay = _backoff(
+                    self._failures, self._backoff_initial, self._backoff_max, self._jitter()
+                )
+                log.debug("configmap watch backing off", extra={"fields": {"delay_s": delay}})
+                self._wait(delay)
+                if self._stopping.is_set():
+                    return
+            try:
+                if version is None:
+                    version = self._list()
+                version = self._watch(version)
+            except _Gone:
+                version = None
+                self._gone_in_a_row += 1
+                if self._gone_in_a_row > 1:  # a fresh version should not be gone
+                    self._failures += 1
+            except _Broken as broken:
+                version = None
+                self._failures += 1
+                self._problem(str(broken), broken.status)
+            except Exception:  # a bug: keep following the list, but say so
+                version = None
+                self._failures += 1
+                log.exception("configmap watch failed unexpectedly")
+
+    def _list(self) -> str:
+        try:
+            listed = self._api.list_configmap(self._namespace, self._name)
+        except ConfigMapApiError as error:
+            if error.status == 410:
+                raise _Gone from None
+            raise _Broken(self._explain("list", error), error.status) from None
+        self._apply(listed.object)
+        return listed.resource_version
+
+    def _watch(self, version: str) -> str:
+        """Watch from ``version``; the version to watch from next (the stream ended)."""
+        started = self._clock()
+        try:
+            stream = self._api.watch_configmap(
+                self._namespace, self._name, version, self._watch_seconds
+            )
+        except ConfigMapApiError as error:
+            if error.status == 410:
+                raise _Gone from None
+            raise _Broken(self._explain("watch", error), error.status) from None
+        with self._lock:
+            self._stream = stream
+        if self._stopping.is_set():
+            stream.close()
+        try:
+            version, delivered = self._follow(stream, version, started)
+        finally:
+            with self._lock:
+                self._stream = None
+        if self._stopping.is_set():
+            return version
+        if not delivered and self._clock() - started < self._min_healthy:
+            raise _Broken(f"the watch of ConfigMap {self.where} ended at once")
+        self._healthy()
+        return version
+
+    def _follow(self, stream: WatchStream, version: str, started: float) -> tuple[str, bool]:
+        """Apply the stream's events; the last version seen and whether any came."""
+        delivered = False
+        try:
+            for event in stream:
+                if self._stopping.is_set():
+                    break
+                if not delivered and event.type != "ERROR":
+                    delivered = True
+                    self._healthy()
+                version = self._handle(event, version)
+        except ConfigMapApiError as error:
+            if self._stopping.is_set():
+                return version, delivered
+            if not delivered and self._clock() - started < self._min_healthy:
+                raise _Broken(self._explain("watch", error)) from None
+            self._healthy()
+            log.info(
+                "configmap watch dropped; listing again",
+                extra={"fields": {"configmap": self.where, "error": str(error)}},
+            )
+            raise _Gone from None  # list again at once, as after a 410
+        return version, delivered
+
+    def _handle(self, event: WatchEvent, version: str) -> str:
+        if event.type == "ERROR":
+            code = event.object.get("code")
+            if code == 410:
+                log.info(
+                    "configmap watch expired (410); listing again",
+                    extra={"fields": {"configmap": self.where}},
+                )
+                raise _Gone
+            reason = event.object.get("reason")
+            raise _Broken(
+                f"the watch of ConfigMap {self.where} returned an error "
+                f"(code {code}, reason {str(reason)[:60]})",
+                code if isinstance(code, int) else None,
+            )
+        if event.type in ("ADDED", "MODIFIED"):
+            self._apply(event.object)
+        elif event.type == "DELETED":
+            self._apply(None)
+        elif event.type != "BOOKMARK":
+            log.debug("unknown watch event type", extra={"fields": {"type": event.type[:40]}})
+        return event.resource_version or version
+
+    def _healthy(self) -> None:
+        if self._failures or self._problems:
+            log.info("following ConfigMap again", extra={"fields": {"configmap": self.where}})
+        self._failures = 0
+        self._gone_in_a_row = 0
+        self._problems.clear()
+
+    # The list inside.
+
+    def _apply(self, obj: Mapping[str, Any] | None) -> None:
+        state: tuple[bool, object]
+        if obj is None:
+            state = (False, None)
+        else:
+            data = obj.get("data")
+            state = (True, data.get(self._key) if isinstance(data, Mapping) else None)
+        if state == self._applied:
+            return
+        self._applied = state
+        exists, text = state
+        fields: dict[str, object] = {"configmap": self.where, "key": self._key}
+        if not exists:
+            log.warning(
+                f"ConfigMap {self.where} not found: nothing to prefetch from it "
+                "(the chart creates it from the value 'prefetch')",
+                extra={"fields": fields},
+            )
+            entries: list[PrefetchEntry] = []
+        elif not isinstance(text, str):
+            log.warning(
+                f"ConfigMap {self.where} has no key {self._key!r}: nothing to prefetch from it",
+                extra={"fields": fields},
+            )
+            entries = []
+        else:
+            entries, problems = parse_prefetch_list(text)
+            for problem in problems:
+                log.warning(f"prefetch list problem: {problem}", extra={"fields": fields})
+            log.info(
+                "prefetch list read",
+                extra={"fields": {**fields, "entries": len(entries), "skipped": len(problems)}},
+            )
+        try:
+            self._on_change(entries)
+        except Exception:
+            log.exception("applying the prefetch list failed", extra={"fields": fields})
+
+    # Problems.
+
+    def _explain(self, action: str, error: ConfigMapApiError) -> str:
+        if error.status in (401, 403):
+            return (
+                f"cannot {action} ConfigMap {self.where}: the API server refused "
+                f"(HTTP {error.status}); grant the driver's ServiceAccount get, list and "
+                "watch on it (the chart's Role does)"
+            )
+        if error.status is None:
+            return f"cannot {action} ConfigMap {self.where}: {error.kind}"
+        return f"cannot {action} ConfigMap {self.where}: the API server answered {error.status}"
+
+    def _problem(self, message: str, status: int | None) -> None:
+        fields = {"configmap": self.where, "status": status, "attempt": self._failures}
+        if message in self._problems:
+            log.debug(message, extra={"fields": fields})
+            return
+        self._problems[message] = None
+        while len(self._problems) > _PROBLEMS_REMEMBERED:
+            self._problems.popitem(last=False)
+        log.warning(message, extra={"fields": fields})
+
+
+# --- wiring ---------------------------------------------------------------------------
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def parse_configmap_ref(value: str) -> tuple[str, str]:
+    """``NAMESPACE/NAME`` -> (namespace, name); ValueError with a one-line message."""
+    namespace, _, name = value.strip().partition("/")
+    if (
+        not _DNS_LABEL.fullmatch(namespace)
+        or len(namespace) > 63
+        or not _DNS_SUBDOMAIN.fullmatch(name)
+        or len(name) > 253
+    ):
+        raise ValueError(
+            f"--prefetch-configmap {value[:100]!r} must be NAMESPACE/NAME, "
+            "e.g. csi-wasm/csi-wasm-prefetch"
+        )
+    return namespace, name
+
+
+def watcher_from_environment(
+    configmap: str | None,
+    on_change: Callable[[Sequence[PrefetchEntry]], None],
+    *,
+    key: str = DEFAULT_KEY,
+) -> ConfigMapWatcher | None:
+    """A watcher on the in-cluster API for ``NAMESPACE/NAME``, not started.
+
+    None when ``configmap`` is None, outside a cluster, or when the in-cluster config
+    cannot be loaded (logged). ValueError for a malformed ``configmap``.
+    """
+    if configmap is None:
+        return None
+    namespace, name = parse_configmap_ref(configmap)
+    if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        log.info(
+            "not running in a cluster (no KUBERNETES_SERVICE_HOST): the prefetch ConfigMap "
+            "is not followed",
+            extra={"fields": {"configmap": configmap}},
+        )
+        return None
+    try:
+        api = _in_cluster_configmap_api()
+    except Exception as error:
+        log.warning(
+            "cannot use the in-cluster Kubernetes API: the prefetch ConfigMap is not followed",
+            extra={"fields": {"error": f"{type(error).__name__}: {str(error)[:200]}"}},
+        )
+        return None
+    return ConfigMapWatcher(api, namespace, name, on_change, key)
+
+
+def _in_cluster_configmap_api() -> ConfigMapApi:
+    # Imported here: the client is large and only needed inside a cluster.
+    from kubernetes import client, config  # noqa: PLC0415
+
+    configuration = client.Configuration()
+    load: Callable[..., None] = config.load_incluster_config  # untyped in the client
+    load(client_configuration=configuration)
+    configuration.retries = 1  # the watcher retries with its own backoff
+    api_client = client.ApiClient(configuration)
+    api_client.user_agent = f"csi-wasm/{__version__}"
+    return CoreV1ConfigMapApi(client.CoreV1Api(api_client))

@@ -1,0 +1,1186 @@
+"""Tests of csi_wasm.prefetch: the prefetch list, the prefetcher and the ConfigMap watcher.
+
+The prefetcher is driven through its seams: a fake ``fetch`` and a fake time whose
+``wait`` lets a test advance the clock and wait until the worker has nothing left to
+do. The watcher talks to a fake API server (``support.apiserver``) through the real
+``kubernetes`` client, so paths, queries and the chunked watch stream are what a
+cluster would see.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.config import incluster_config
+from support.apiserver import (
+    SECRET_IN_ERRORS,
+    FakeConfigMapApiServer,
+    RecordedRequest,
+    query_of,
+    self_signed,
+)
+
+from csi_wasm import __version__, prefetch
+from csi_wasm.attributes import ModuleRequest
+from csi_wasm.errors import DigestMismatch, NotFound, Unavailable
+from csi_wasm.logs import JsonFormatter
+from csi_wasm.prefetch import (
+    ConfigMapWatcher,
+    CoreV1ConfigMapApi,
+    PrefetchEntry,
+    Prefetcher,
+    parse_configmap_ref,
+    parse_prefetch_flag,
+    parse_prefetch_list,
+    watcher_from_environment,
+)
+
+HEX_A = "a" * 64
+HEX_B = "b" * 64
+HEX_C = "c" * 64
+HEX_D = "d" * 64
+NS = "csi-wasm"
+NAME = "csi-wasm-prefetch"
+TOKEN = "sa-token-5e1f0c2d9b"
+SIGNATURE = "sig-8d7c6b5a"  # in a signed URL's query: never logged
+
+
+def logged_text(caplog: pytest.LogCaptureFixture) -> str:
+    formatter = JsonFormatter()
+    return "\n".join(formatter.format(record) for record in caplog.records)
+
+
+def warnings_in(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# --- the list -------------------------------------------------------------------------
+
+
+def test_a_list_of_strings_and_objects() -> None:
+    text = json.dumps(
+        [
+            "oci://ghcr.io/acme/filters/add-header:v1.2.0",
+            "ghcr.io/acme/bare:v1",
+            {"url": "oci://ghcr.io/acme/pinned:v2", "sha256": HEX_A},
+            {"url": "https://wasm.example.com/authz.wasm", "sha256": f"sha256:{HEX_B}"},
+            {"url": "ghcr.io/acme/moving:v3", "imagePullPolicy": "Always"},
+            {"url": "ghcr.io/acme/null-sha:v1", "sha256": None},
+        ]
+    )
+
+    entries, problems = parse_prefetch_list(text)
+
+    assert problems == []
+    assert entries == [
+        PrefetchEntry("oci://ghcr.io/acme/filters/add-header:v1.2.0"),
+        PrefetchEntry("ghcr.io/acme/bare:v1"),
+        PrefetchEntry("oci://ghcr.io/acme/pinned:v2", HEX_A),
+        PrefetchEntry("https://wasm.example.com/authz.wasm", f"sha256:{HEX_B}"),
+        PrefetchEntry("ghcr.io/acme/moving:v3", None, "Always"),
+        PrefetchEntry("ghcr.io/acme/null-sha:v1"),
+    ]
+    assert entries[3].request().sha256 == HEX_B
+
+
+@pytest.mark.parametrize("text", ["", "  \n", "[]"])
+def test_an_empty_list(text: str) -> None:
+    assert parse_prefetch_list(text) == ([], [])
+
+
+def test_bad_json_is_one_problem() -> None:
+    entries, problems = parse_prefetch_list('["oci://ghcr.io/a/b:v1",')
+    assert entries == []
+    [problem] = problems
+    assert "prefetch.json is not valid JSON" in problem
+    assert "\n" not in problem
+
+
+@pytest.mark.parametrize(
+    ("document", "kind"),
+    [
+        ({"url": "oci://ghcr.io/a/b:v1"}, "object"),
+        ("oci://ghcr.io/a/b:v1", "string"),
+        (3, "number"),
+    ],
+)
+def test_a_document_that_is_not_a_list_is_one_problem(document: object, kind: str) -> None:
+    entries, problems = parse_prefetch_list(json.dumps(document))
+    assert entries == []
+    [problem] = problems
+    assert "must be a JSON list" in problem
+    assert f"not a {kind}" in problem
+
+
+def test_bad_entries_are_skipped_with_one_problem_each() -> None:
+    text = json.dumps(
+        [
+            "oci://ghcr.io/acme/good:v1",
+            "oci://GHCR.io/Acme/Bad:v1",
+            42,
+            {"url": 1},
+            {"sha256": HEX_A},
+            {"url": "ghcr.io/acme/f:v1", "tag": "v2"},
+            {"url": "ghcr.io/acme/f:v1", "sha256": "nothex"},
+            {"url": "ghcr.io/acme/f:v1", "imagePullPolicy": "Never"},
+            "ftp://example.com/f.wasm",
+            "",
+            {"url": "ghcr.io/acme/also-good:v1"},
+        ]
+    )
+
+    entries, problems = parse_prefetch_list(text)
+
+    assert entries == [
+        PrefetchEntry("oci://ghcr.io/acme/good:v1"),
+        PrefetchEntry("ghcr.io/acme/also-good:v1"),
+    ]
+    assert len(problems) == 9
+    assert [p.split(" skipped:")[0] for p in problems] == [f"entry {i}" for i in range(1, 10)]
+    assert all("\n" not in p for p in problems)
+    assert "not a number" in problems[1]
+    assert "'url' must be a string" in problems[2]
+    assert "'url' is required" in problems[3]
+    assert "unknown field(s) 'tag'" in problems[4]
+    assert "sha256" in problems[5]
+    assert "imagePullPolicy" in problems[6]
+    assert "scheme 'ftp'" in problems[7]
+
+
+def test_an_https_url_without_sha256_is_a_problem() -> None:
+    text = json.dumps(
+        [f"https://wasm.example.com/f.wasm?X-Signature={SIGNATURE}", {"url": "https://x.test/g"}]
+    )
+
+    entries, problems = parse_prefetch_list(text)
+
+    assert entries == []
+    assert len(problems) == 2
+    assert all("'sha256' is required" in p for p in problems)
+    assert SIGNATURE not in "".join(problems)
+
+
+def test_a_prefetch_flag_takes_a_url_and_an_optional_sha256() -> None:
+    assert parse_prefetch_flag("oci://ghcr.io/a/b:v1") == PrefetchEntry("oci://ghcr.io/a/b:v1")
+    assert parse_prefetch_flag(" ghcr.io/a/b ") == PrefetchEntry("ghcr.io/a/b")
+    assert parse_prefetch_flag(f"https://x.test/f.wasm#sha256={HEX_A}") == PrefetchEntry(
+        "https://x.test/f.wasm", HEX_A
+    )
+
+
+@pytest.mark.parametrize(
+    ("flag", "says"),
+    [
+        (f"https://x.test/f.wasm?sig={SIGNATURE}", "'sha256' is required"),
+        ("https://x.test/f.wasm#sha256=nothex", "not a sha256"),
+        ("oci://Bad Ref", "--prefetch 'oci://Bad Ref'"),
+    ],
+)
+def test_a_bad_prefetch_flag_is_a_value_error(flag: str, says: str) -> None:
+    with pytest.raises(ValueError, match="--prefetch") as info:
+        parse_prefetch_flag(flag)
+    assert says in str(info.value)
+    assert SIGNATURE not in str(info.value)
+
+
+# --- the prefetcher: seams ------------------------------------------------------------
+
+
+class FakeTime:
+    """The prefetcher's clock and wait. The worker only moves on when notified: by the
+    prefetcher itself (new list, stop) or by :meth:`advance` / :meth:`settle`."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.timeouts: list[float | None] = []  # what the worker asked to wait, in order
+        self._meta = threading.Condition()
+        self._conditions: list[threading.Condition] = []
+        self._generation = 0
+        self._slept_at = -1
+        self._sleeping = False
+
+    def clock(self) -> float:
+        return self.now
+
+    def wait(self, condition: threading.Condition, timeout: float | None) -> bool:
+        # Called with ``condition`` held, as Condition.wait is.
+        with self._meta:
+            if condition not in self._conditions:
+                self._conditions.append(condition)
+            self._sleeping = True
+            self._slept_at = self._generation
+            self.timeouts.append(timeout)
+            self._meta.notify_all()
+        condition.wait()
+        with self._meta:
+            self._sleeping = False
+        return True
+
+    def settle(self, action: Callable[[], object] | None = None) -> None:
+        """Do ``action``, then wait until the worker has handled everything due."""
+        if action is not None:
+            action()
+        with self._meta:
+            self._generation += 1
+            conditions = list(self._conditions)
+        for condition in conditions:
+            with condition:
+                condition.notify_all()
+        with self._meta:
+            settled = self._meta.wait_for(
+                lambda: self._sleeping and self._slept_at == self._generation, timeout=10
+            )
+        assert settled, "the prefetch worker did not settle"
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.settle()
+
+
+Outcome = str | Exception
+
+
+class FakeFetch:
+    """Outcomes per source (``str(request.source)``); the last one repeats."""
+
+    def __init__(self, outcomes: dict[str, list[Outcome]], time_: FakeTime) -> None:
+        self.outcomes = outcomes
+        self.calls: list[tuple[str, float]] = []  # (source, clock at the call)
+        self.gates: dict[str, threading.Event] = {}
+        self.entered = threading.Event()
+        self._time = time_
+        self._lock = threading.Lock()
+
+    def __call__(self, request: ModuleRequest) -> str:
+        key = str(request.source)
+        with self._lock:
+            self.calls.append((key, self._time.now))
+            outcomes = self.outcomes[key]
+            outcome = outcomes.pop(0) if len(outcomes) > 1 else outcomes[0]
+        gate = self.gates.get(key)
+        if gate is not None:
+            self.entered.set()
+            assert gate.wait(10)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def sources(self) -> list[str]:
+        with self._lock:
+            return [source for source, _ in self.calls]
+
+
+A = "ghcr.io/acme/a:v1"
+B = "ghcr.io/acme/b:v1"
+LATEST = "ghcr.io/acme/c"  # no tag: latest, pull policy Always
+PINNED = f"ghcr.io/acme/d@sha256:{HEX_D}"
+
+
+@pytest.fixture
+def fake_time() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+def make_prefetcher(fake_time: FakeTime) -> Iterator[Callable[..., Prefetcher]]:
+    made: list[Prefetcher] = []
+
+    def make(fetch: Callable[[ModuleRequest], str], **options: Any) -> Prefetcher:
+        options.setdefault("clock", fake_time.clock)
+        options.setdefault("wait", fake_time.wait)
+        options.setdefault("jitter", lambda: 0.0)
+        prefetcher = Prefetcher(fetch, **options)
+        made.append(prefetcher)
+        return prefetcher
+
+    yield make
+    for prefetcher in made:
+        prefetcher.stop()
+
+
+# --- the prefetcher -------------------------------------------------------------------
+
+
+def test_every_listed_module_is_fetched_and_pinned(
+    fake_time: FakeTime, make_prefetcher: Callable[..., Prefetcher]
+) -> None:
+    fetch = FakeFetch({A: [HEX_A], B: [HEX_B], PINNED: [HEX_D]}, fake_time)
+    results: list[tuple[str, bool]] = []
+    prefetcher = make_prefetcher(
+        fetch,
+        static=[PrefetchEntry(f"oci://{A}")],
+        on_result=lambda url, ok: results.append((url, ok)),
+    )
+    assert prefetcher.status() == {f"oci://{A}": "pending"}
+    assert prefetcher.counts() == {"ready": 0, "failing": 0, "pending": 1}
+
+    fake_time.settle(prefetcher.start)
+    fake_time.settle(lambda: prefetcher.set_dynamic([PrefetchEntry(B), PrefetchEntry(PINNED)]))
+
+    assert fetch.sources() == [A, B, PINNED]
+    assert prefetcher.pinned() == {HEX_A, HEX_B, HEX_D}
+    assert prefetcher.status() == {
+        f"oci://{A}": f"ready {HEX_A}",
+        B: f"ready {HEX_B}",
+        PINNED: f"ready {HEX_D}",
+    }
+    assert prefetcher.counts() == {"ready": 3, "failing": 0, "pending": 0}
+    assert results == [(f"oci://{A}", True), (B, True), (PINNED, True)]
+    assert fake_time.timeouts[-1] is None  # nothing can move: nothing more to do, ever
+
+
+def test_the_same_module_listed_twice_is_fetched_once(
+    fake_time: FakeTime, make_prefetcher: Callable[..., Prefetcher]
+) -> None:
+    fetch = FakeFetch({A: [HEX_A]}, fake_time)
+    prefetcher = make_prefetcher(fetch, static=[PrefetchEntry(f"oci://{A}")])
+    fake_time.settle(prefetcher.start)
+    fake_time.settle(lambda: prefetcher.set_dynamic([PrefetchEntry(A), PrefetchEntry(A)]))
+
+    assert fetch.sources() == [A]
+    assert prefetcher.status() == {f"oci://{A}": f"ready {HEX_A}"}
+
+
+def test_failures_are_retried_with_growing_backoff(
+    fake_time: FakeTime,
+    make_prefetcher: Callable[..., Prefetcher],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="csi_wasm.prefetch")
+    down = Unavailable("registry ghcr.io answered 503; retry later")
+    fetch = FakeFetch({A: [down, down, down, down, HEX_A]}, fake_time)
+    results: list[bool] = []
+    prefetcher = make_prefetcher(
+        fetch, static=[PrefetchEntry(A)], on_result=lambda _url, ok: results.append(ok)
+    )
+    start = fake_time.now
+
+    fake_time.settle(prefetcher.start)
+    assert prefetcher.status() == {A: f"retrying in 5s: {down.message}"}
+    assert prefetcher.counts() == {"ready": 0, "failing": 1, "pending": 0}
+    assert prefetcher.pinned() == set()
+    fake_time.advance(4)
+    assert len(fetch.calls) == 1
+    assert prefetcher.status() == {A: f"retrying in 1s: {down.message}"}
+    for _ in range(4):
+        fake_time.advance(fake_time.timeouts[-1] or 0)
+
+    assert [when - start for _, when in fetch.calls] == [0, 5, 15, 35, 75]
+    assert prefetcher.status() == {A: f"ready {HEX_A}"}
+    assert prefetcher.pinned() == {HEX_A}
+    assert results == [False, False, False, False, True]
+    # The same failure is a warning once, then debug; the recovery is logged.
+    assert warnings_in(caplog) == ["cannot prefetch module; will retry"]
+    assert "failed_attempts" in logged_text(caplog)
+
+
+def test_the_backoff_is_capped_and_jittered(
+    fake_time: FakeTime, make_prefetcher: Callable[..., Prefetcher]
+) -> None:
+    fetch = FakeFetch({A: [NotFound("tag v1 not found")]}, fake_time)
+    draws = iter([0.0, 0.0, 0.0, 0.0, 0.5, 0.999])
+    prefetcher = make_prefetcher(
+        fetch,
+        static=[PrefetchEntry(A)],
+        backoff_initial=5.0,
+        backoff_max=12.0,
+        jitter=lambda: next(draws),
+    )
+    fake_time.settle(prefetcher.start)
+    delays = [fake_time.timeouts[-1]]
+    for _ in range(5):
+        fake_time.advance(fake_time.timeouts[-1] or 0)
+        delays.append(fake_time.timeouts[-1])
+
+    # 5, 10, then the 12 s cap; a draw of r takes up to half off: 12 * (1 - r / 2).
+    assert delays == pytest.approx([5.0, 10.0, 12.0, 12.0, 9.0, 6.006])
+
+
+def test_an_unexpected_error_is_retried_and_does_not_stop_the_worker(
+    fake_time: FakeTime,
+    make_prefetcher: Callable[..., Prefetcher],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fetch = FakeFetch({A: [RuntimeError("bug"), HEX_A], B: [HEX_B]}, fake_time)
+    prefetcher = make_prefetcher(fetch, static=[PrefetchEntry(A), PrefetchEntry(B)])
+
+    fake_time.settle(prefetcher.start)
+    assert prefetcher.status() == {
+        A: "retrying in 5s: internal error (RuntimeError)",
+        B: f"ready {HEX_B}",
+    }
+    assert any(r.exc_info for r in caplog.records)  # the traceback of a bug is logged
+    fake_time.advance(5)
+    assert prefetcher.status()[A] == f"ready {HEX_A}"
+
+
+def test_pinned_holds_digests_only_while_listed(
+    fake_time: FakeTime, make_prefetcher: Callable[..., Prefetcher]
+) -> None:
+    fetch = FakeFetch({A: [HEX_A], B: [HEX_B], PINNED: [HEX_D]}, fake_time)
+    prefetcher = make_prefetcher(fetch, static=[PrefetchEntry(A)])
+    fake_time.settle(prefetcher.start)
+    fake_time.settle(lambda: prefetcher.set_dynamic([PrefetchEntry(B), PrefetchEntry(PINNED)]))
+    assert prefetcher.pinned() == {HEX_A, HEX_B, HEX_D}
+
+    fake_time.settle(lambda: prefetcher.set_dynamic([PrefetchEntry(B)]))
+    assert prefetcher.pinned() == {HEX_A, HEX_B}
+    fake_time.settle(lambda: prefetcher.set_dynamic([]))
+    assert prefetcher.pinned() == {HEX_A}  # a --prefetch flag stays listed
+    assert set(prefetcher.status()) == {A}
+
+    # Listed again: fetched again (from the cache, in the driver) and pinned again.
+    fake_time.settle(lambda: prefetcher.set_dynamic([PrefetchEntry(B)]))
+    assert fetch.sources() == [A, B, PINNED, B]
+    assert prefetcher.pinned() == {HEX_A, HEX_B}
+
+
+def test_an_entry_removed_from_the_list_is_no_longer_retried(
+    fake_time: FakeTime, make_prefetcher: Callable[..., Prefetcher]
+) -> None:
+    fetch = FakeFetch({A: [Unavailable("registry down")], B: [HEX_B]}, fake_time)
+    prefetcher = make_prefetcher(fetch)
+    fake_time.settle(prefetcher.start)
+    fake_time.settle(lambda: prefetcher.set_dynamic([PrefetchEntry(A), PrefetchEntry(B)]))
+    fake_time.advance(5)
+    assert fetch.sources() == [A, B, A]
+
+    fake_time.settle(lambda: prefetcher.set_dynamic([PrefetchEntry(B)]))
+    fake_time.advance(3600)
+
+    assert fetch.sources() == [A, B, A]
+    assert prefetcher.status() == {B: f"ready {HEX_B}"}
+    assert prefetcher.counts() == {"ready": 1, "failing": 0, "pending": 0}
+
+
+def test_a_fetch_finishing_after_its_entry_was_removed_is_dropped(
+    fake_time: FakeTime, make_prefetcher: Callable[..., Prefetcher]
+) -> None:
+    fetch = FakeFetch({A: [HEX_A]}, fake_time)
+    gate = threading.Event()
+    fetch.gates[A] = gate
+    prefetcher = make_prefetcher(fetch)
+    prefetcher.start()
+    prefetcher.set_dynamic([PrefetchEntry(A)])
+    assert fetch.entered.wait(10)
+
+    prefetcher.set_dynamic([])  # does not wait for the fetch
+    fake_time.settle(gate.set)
+
+    assert prefetcher.pinned() == set()
+    assert prefetcher.status() == {}
+
+
+def test_moving_tags_are_refreshed_and_a_moved_tag_is_pinned_anew(
+    fake_time: FakeTime, make_prefetcher: Callable[..., Prefetcher]
+) -> None:
+    fetch = FakeFetch(
+        {A: [HEX_A], B: [HEX_B, HEX_C], LATEST: [HEX_C, HEX_D], PINNED: [HEX_D]}, fake_time
+    )
+    prefetcher = make_prefetcher(
+        fetch,
+        refresh=600.0,
+        static=[
+            PrefetchEntry(A),  # a tag other than latest: IfNotPresent, fetched once
+            PrefetchEntry(B, image_pull_policy="Always"),
+            PrefetchEntry(LATEST),  # no tag: Always
+            PrefetchEntry(PINNED),  # a digest never moves
+        ],
+    )
+    fake_time.settle(prefetcher.start)
+    assert prefetcher.pinned() == {HEX_A, HEX_B, HEX_C, HEX_D}
+    assert fake_time.timeouts[-1] == 600.0
+
+    fake_time.advance(599)
+    assert len(fetch.calls) == 4
+    fake_time.advance(1)
+
+    assert fetch.sources() == [A, B, LATEST, PINNED, B, LATEST]
+    assert prefetcher.status() == {
+        A: f"ready {HEX_A}",
+        B: f"ready {HEX_C}",
+        LATEST: f"ready {HEX_D}",
+        PINNED: f"ready {HEX_D}",
+    }
+    assert prefetcher.pinned() == {HEX_A, HEX_C, HEX_D}  # B's old module is unpinned
+    fake_time.advance(600)
+    assert fetch.sources()[6:] == [B, LATEST]
+
+
+def test_a_failed_refresh_keeps_the_module_pinned_and_retries(
+    fake_time: FakeTime, make_prefetcher: Callable[..., Prefetcher]
+) -> None:
+    down = Unavailable("registry down")
+    fetch = FakeFetch({LATEST: [HEX_C, down, HEX_C]}, fake_time)
+    prefetcher = make_prefetcher(fetch, refresh=600.0, static=[PrefetchEntry(LATEST)])
+    fake_time.settle(prefetcher.start)
+
+    fake_time.advance(600)
+    assert prefetcher.pinned() == {HEX_C}
+    assert prefetcher.status() == {LATEST: "retrying in 5s: registry down"}
+    fake_time.advance(5)
+    assert prefetcher.status() == {LATEST: f"ready {HEX_C}"}
+    assert fake_time.timeouts[-1] == 600.0
+
+
+def test_a_wrong_digest_is_retried_too(
+    fake_time: FakeTime, make_prefetcher: Callable[..., Prefetcher]
+) -> None:
+    # A final error for a pod (the module is not what was promised) may be fixed by a
+    # push: the prefetcher keeps trying, slowly.
+    wrong = DigestMismatch(f"sha256 mismatch for {A}: expected {HEX_B}, but the module is {HEX_A}")
+    fetch = FakeFetch({A: [wrong]}, fake_time)
+    prefetcher = make_prefetcher(fetch, static=[PrefetchEntry(A, HEX_B)])
+    fake_time.settle(prefetcher.start)
+    fake_time.advance(5)
+    assert len(fetch.calls) == 2
+    assert prefetcher.status()[A].startswith("retrying in 10s: sha256 mismatch")
+
+
+def test_invalid_entries_are_logged_and_skipped(
+    fake_time: FakeTime,
+    make_prefetcher: Callable[..., Prefetcher],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fetch = FakeFetch({A: [HEX_A]}, fake_time)
+    prefetcher = make_prefetcher(fetch, static=[PrefetchEntry("oci://Bad Ref")])
+    fake_time.settle(prefetcher.start)
+    fake_time.settle(
+        lambda: prefetcher.set_dynamic(
+            [PrefetchEntry(f"https://x.test/f.wasm?sig={SIGNATURE}"), PrefetchEntry(A)]
+        )
+    )
+
+    assert prefetcher.status() == {A: f"ready {HEX_A}"}
+    assert warnings_in(caplog) == ["prefetch entry skipped", "prefetch entry skipped"]
+    assert SIGNATURE not in logged_text(caplog)
+
+
+def test_a_signed_url_is_shown_without_its_query(
+    fake_time: FakeTime,
+    make_prefetcher: Callable[..., Prefetcher],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="csi_wasm.prefetch")
+    url = f"https://x.test/f.wasm?sig={SIGNATURE}"
+    fetch = FakeFetch({url: [Unavailable("x.test answered 503"), HEX_A]}, fake_time)
+    seen: list[str] = []
+    prefetcher = make_prefetcher(
+        fetch, static=[PrefetchEntry(url, HEX_A)], on_result=lambda u, _ok: seen.append(u)
+    )
+    fake_time.settle(prefetcher.start)
+    fake_time.advance(5)
+
+    assert prefetcher.status() == {"https://x.test/f.wasm": f"ready {HEX_A}"}
+    assert seen == ["https://x.test/f.wasm"] * 2
+    assert SIGNATURE not in logged_text(caplog)
+
+
+def test_stop_ends_the_worker_thread_while_it_waits() -> None:
+    # The real clock and wait: the worker waits 600 s for a retry; stop wakes it.
+    calls: list[str] = []
+    called = threading.Event()
+
+    def fetch(request: ModuleRequest) -> str:
+        calls.append(str(request.source))
+        called.set()
+        raise Unavailable("registry down")
+
+    before = set(threading.enumerate())
+    prefetcher = Prefetcher(fetch, static=[PrefetchEntry(A)], backoff_initial=600.0)
+    prefetcher.start()
+    prefetcher.start()  # once only
+    assert called.wait(10)
+    [worker] = [t for t in set(threading.enumerate()) - before if t.name == "prefetch"]
+    assert worker.daemon
+
+    started = time.monotonic()
+    prefetcher.stop(timeout=10)
+
+    assert not worker.is_alive()
+    assert time.monotonic() - started < 5
+    assert calls == [A]
+
+
+def test_stop_before_start_and_twice_is_harmless() -> None:
+    prefetcher = Prefetcher(lambda _request: HEX_A)
+    prefetcher.stop()
+    prefetcher.stop()
+
+
+# --- the watcher: seams ---------------------------------------------------------------
+
+
+def core_v1_api(url: str, **settings: Any) -> object:
+    configuration = client.Configuration(
+        host=url,
+        api_key={"BearerToken": TOKEN},
+        api_key_prefix={"BearerToken": "Bearer"},
+    )
+    for name, value in settings.items():
+        setattr(configuration, name, value)
+    api: object = client.CoreV1Api(client.ApiClient(configuration))
+    return api
+
+
+class Changes:
+    """What the watcher handed to on_change, in order."""
+
+    def __init__(self) -> None:
+        self.lists: list[list[PrefetchEntry]] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, entries: Sequence[PrefetchEntry]) -> None:
+        with self._cond:
+            self.lists.append(list(entries))
+            self._cond.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[list[PrefetchEntry]]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.lists) >= count, timeout):
+                raise AssertionError(f"{count} changes expected, got {self.lists}")
+            return list(self.lists)
+
+
+class Waits:
+    """The watcher's backoff pauses: recorded and returned at once, except that after
+    ``limit`` of them the watcher is held (so a test never spins) until released."""
+
+    def __init__(self, limit: int = 10) -> None:
+        self.delays: list[float] = []
+        self.limit = limit
+        self.released = threading.Event()
+        self._cond = threading.Condition()
+
+    def __call__(self, delay: float) -> bool:
+        with self._cond:
+            self.delays.append(delay)
+            self._cond.notify_all()
+            held = len(self.delays) > self.limit
+        if held:
+            self.released.wait(30)
+        return False
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[float]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.delays) >= count, timeout):
+                raise AssertionError(f"{count} pauses expected, got {self.delays}")
+            return list(self.delays)
+
+
+def listed(text: Any) -> dict[str, str]:
+    return {"prefetch.json": text if isinstance(text, str) else json.dumps(text)}
+
+
+def cm_requests(server: FakeConfigMapApiServer) -> list[RecordedRequest]:
+    return [r for r in server.requests if "/configmaps" in r.path]
+
+
+def kinds(server: FakeConfigMapApiServer) -> list[str]:
+    """``list``/``watch`` per ConfigMap request, with the status when it was not 200."""
+    shown = []
+    for request in cm_requests(server):
+        kind = "watch" if query_of(request).get("watch") == "true" else "list"
+        shown.append(kind if request.status == 200 else f"{kind} {request.status}")
+    return shown
+
+
+def watch_versions(server: FakeConfigMapApiServer) -> list[str]:
+    return [
+        query_of(r)["resourceVersion"]
+        for r in cm_requests(server)
+        if query_of(r).get("watch") == "true"
+    ]
+
+
+@pytest.fixture
+def server() -> Iterator[FakeConfigMapApiServer]:
+    with FakeConfigMapApiServer() as fake:
+        yield fake
+
+
+@pytest.fixture
+def changes() -> Changes:
+    return Changes()
+
+
+@pytest.fixture
+def waits() -> Waits:
+    return Waits()
+
+
+@pytest.fixture
+def make_watcher(
+    server: FakeConfigMapApiServer, changes: Changes, waits: Waits
+) -> Iterator[Callable[..., ConfigMapWatcher]]:
+    made: list[ConfigMapWatcher] = []
+
+    def make(api: Any = None, **options: Any) -> ConfigMapWatcher:
+        options.setdefault("wait", waits)
+        options.setdefault("jitter", lambda: 0.0)
+        options.setdefault("min_healthy", 0.0)
+        watcher = ConfigMapWatcher(
+            api if api is not None else CoreV1ConfigMapApi(core_v1_api(server.url)),
+            NS,
+            NAME,
+            options.pop("on_change", changes),
+            **options,
+        )
+        made.append(watcher)
+        watcher.start()
+        return watcher
+
+    yield make
+    waits.released.set()
+    for watcher in made:
+        watcher.stop()
+
+
+def wait_watching(server: FakeConfigMapApiServer, requests: int) -> None:
+    """Until the watcher has made ``requests`` ConfigMap requests and one watch is open."""
+    server.wait_for(lambda: len(cm_requests(server)) >= requests and server.open_watches == 1)
+
+
+# --- the watcher ----------------------------------------------------------------------
+
+
+def test_list_by_name_then_watch_from_its_version(
+    server: FakeConfigMapApiServer,
+    changes: Changes,
+    make_watcher: Callable[..., ConfigMapWatcher],
+) -> None:
+    version = server.put_configmap(NS, NAME, listed([f"oci://{A}", {"url": B, "sha256": HEX_B}]))
+    server.put_configmap(NS, "other", listed([PINNED]))
+
+    make_watcher()
+    wait_watching(server, 2)
+
+    assert changes.wait_for(1) == [[PrefetchEntry(f"oci://{A}"), PrefetchEntry(B, HEX_B)]]
+    first, second = cm_requests(server)
+    path = f"/api/v1/namespaces/{NS}/configmaps"
+    assert first.method == second.method == "GET"
+    assert first.path.split("?")[0] == second.path.split("?")[0] == path
+    assert f"fieldSelector=metadata.name%3D{NAME}" in first.path
+    assert query_of(first) == {"fieldSelector": f"metadata.name={NAME}"}
+    assert query_of(second) == {
+        "fieldSelector": f"metadata.name={NAME}",
+        "watch": "true",
+        "resourceVersion": server.resource_version,
+        "allowWatchBookmarks": "true",
+        "timeoutSeconds": "300",
+    }
+    assert server.resource_version != version  # the list's version, not the object's
+    assert first.headers["authorization"] == f"Bearer {TOKEN}"
+
+
+def test_added_modified_and_deleted_change_the_list(
+    server: FakeConfigMapApiServer,
+    changes: Changes,
+    make_watcher: Callable[..., ConfigMapWatcher],
+) -> None:
+    make_watcher()
+    wait_watching(server, 2)
+    assert changes.wait_for(1) == [[]]  # no ConfigMap yet: nothing to prefetch
+
+    server.put_configmap(NS, NAME, listed([A]))
+    server.put_configmap(NS, NAME, listed([A, B]))
+    server.put_configmap(NS, "other", listed([PINNED]))  # not ours: not even sent
+    server.delete_configmap(NS, NAME)
+    server.put_configmap(NS, NAME, listed([B]))
+
+    assert changes.wait_for(5) == [
+        [],
+        [PrefetchEntry(A)],
+        [PrefetchEntry(A), PrefetchEntry(B)],
+        [],
+        [PrefetchEntry(B)],
+    ]
+    assert kinds(server) == ["list", "watch"]
+
+
+def test_an_unchanged_list_is_not_handed_on_again(
+    server: FakeConfigMapApiServer,
+    changes: Changes,
+    make_watcher: Callable[..., ConfigMapWatcher],
+) -> None:
+    server.put_configmap(NS, NAME, listed([A]))
+    make_watcher()
+    wait_watching(server, 2)
+    server.put_configmap(NS, NAME, listed([A]))  # e.g. a label changed
+    server.drop_watches()  # and a re-list finds the same text
+    wait_watching(server, 4)
+    server.put_configmap(NS, NAME, listed([B]))
+
+    assert changes.wait_for(2) == [[PrefetchEntry(A)], [PrefetchEntry(B)]]
+
+
+def test_a_clean_end_of_the_watch_watches_again_from_the_last_version(
+    server: FakeConfigMapApiServer,
+    changes: Changes,
+    waits: Waits,
+    make_watcher: Callable[..., ConfigMapWatcher],
+) -> None:
+    server.put_configmap(NS, NAME, listed([A]))
+    make_watcher()
+    wait_watching(server, 2)
+    changed = server.put_configmap(NS, NAME, listed([B]))
+    changes.wait_for(2)
+
+    server.end_watches()
+    wait_watching(server, 3)
+
+    assert kinds(server) == ["list", "watch", "watch"]
+    assert watch_versions(server)[-1] == changed
+    assert waits.delays == []
+
+
+def test_a_bookmark_moves_the_version_to_watch_from(
+    server: FakeConfigMapApiServer, make_watcher: Callable[..., ConfigMapWatcher]
+) -> None:
+    server.put_configmap(NS, NAME, listed([A]))
+    make_watcher()
+    wait_watching(server, 2)
+    server.put_configmap(NS, "other", {})  # the version moves; our watch sees nothing
+    bookmark = server.bookmark()
+    server.end_watches()
+    wait_watching(server, 3)
+
+    assert watch_versions(server) == [str(int(bookmark) - 1), bookmark]
+
+
+def test_an_expired_watch_lists_again(
+    server: FakeConfigMapApiServer,
+    changes: Changes,
+    waits: Waits,
+    make_watcher: Callable[..., ConfigMapWatcher],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server.put_configmap(NS, NAME, listed([A]))
+    make_watcher()
+    wait_watching(server, 2)
+
+    server.expire_watches()  # ERROR 410 Expired in the stream, then its end
+    wait_watching(server, 4)
+    server.put_configmap(NS, NAME, listed([B]))
+
+    assert changes.wait_for(2) == [[PrefetchEntry(A)], [PrefetchEntry(B)]]
+    assert kinds(server) == ["list", "watch", "list", "watch"]
+    assert waits.delays == []
+    assert warnings_in(caplog) == []
+
+
+def test_a_watch_from_a_compacted_version_lists_again(
+    server: FakeConfigMapApiServer,
+    changes: Changes,
+    waits: Waits,
+    make_watcher: Callable[..., ConfigMapWatcher],
+) -> None:
+    server.put_configmap(NS, NAME, listed([A]))
+    make_watcher()
+    wait_watching(server, 2)
+
+    server.put_configmap(NS, NAME, listed([B]))
+    changes.wait_for(2)
+    server.put_configmap(NS, "other", {})  # the version moves on without our watch
+    server.compact()
+    server.end_watches()  # the next watch starts from a compacted version: 410
+    wait_watching(server, 5)
+
+    assert kinds(server) == ["list", "watch", "watch", "list", "watch"]
+    assert changes.wait_for(2)[-1] == [PrefetchEntry(B)]
+    assert waits.delays == []
+
+
+def test_a_410_answer_to_the_watch_lists_again(
+    server: FakeConfigMapApiServer, waits: Waits, make_watcher: Callable[..., ConfigMapWatcher]
+) -> None:
+    server.put_configmap(NS, NAME, listed([A]))
+    make_watcher()
+    wait_watching(server, 2)
+
+    server.fail_next(410)
+    server.end_watches()
+    wait_watching(server, 5)
+
+    assert kinds(server) == ["list", "watch", "watch 410", "list", "watch"]
+    assert waits.delays == []
+
+
+def test_a_dropped_stream_lists_again(
+    server: FakeConfigMapApiServer,
+    changes: Changes,
+    waits: Waits,
+    make_watcher: Callable[..., ConfigMapWatcher],
+) -> None:
+    server.put_configmap(NS, NAME, listed([A]))
+    make_watcher()
+    wait_watching(server, 2)
+
+    server.drop_watches()
+    wait_watching(server, 4)
+    server.put_configmap(NS, NAME, listed([B]))
+
+    assert kinds(server) == ["list", "watch", "list", "watch"]
+    assert changes.wait_for(2)[-1] == [PrefetchEntry(B)]
+    assert waits.delays == []  # the watch had been fine: list again at once
+
+
+def test_a_watch_that_fails_at_once_backs_off(
+    server: FakeConfigMapApiServer,
+    waits: Waits,
+    make_watcher: Callable[..., ConfigMapWatcher],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server.put_configmap(NS, NAME, listed([A]))
+    make_watcher(min_healthy=3600.0)  # every watch ends "at once"
+    wait_watching(server, 2)
+
+    server.drop_watches()
+    wait_watching(server, 4)
+    server.end_watches()
+    wait_watching(server, 6)
+
+    assert waits.delays == [1.0, 2.0]
+    assert kinds(server) == ["list", "watch"] * 3
+    assert warnings_in(caplog) == [
+        f"cannot watch ConfigMap {NS}/{NAME}: watch stream broken (ProtocolError)",
+        f"the watch of ConfigMap {NS}/{NAME} ended at once",
+    ]
+
+
+def test_api_errors_back_off_and_are_logged_once(
+    server: FakeConfigMapApiServer,
+    changes: Changes,
+    waits: Waits,
+    make_watcher: Callable[..., ConfigMapWatcher],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="csi_wasm.prefetch")
+    server.put_configmap(NS, NAME, listed([A]))
+    server.fail_next(500, times=4)
+
+    make_watcher()
+    wait_watching(server, 6)
+    server.put_configmap(NS, NAME, listed([B]))  # a healthy watch: recovered
+
+    assert changes.wait_for(2) == [[PrefetchEntry(A)], [PrefetchEntry(B)]]
+    assert waits.delays == [1.0, 2.0, 4.0, 8.0]
+    assert kinds(server) == ["list 500"] * 4 + ["list", "watch"]
+    message = f"cannot list ConfigMap {NS}/{NAME}: the API server answered 500"
+    assert warnings_in(caplog) == [message]
+    assert [r.getMessage() for r in caplog.records].count(message) == 4
+    assert "following ConfigMap again" in [r.getMessage() for r in caplog.records]
+    assert SECRET_IN_ERRORS not in logged_text(caplog)
+
+
+def test_forbidden_says_what_to_grant(
+    server: FakeConfigMapApiServer,
+    changes: Changes,
+    make_watcher: Callable[..., ConfigMapWatcher],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server.fail_next(403, times=3)
+    make_watcher()
+    wait_watching(server, 5)
+
+    [warning] = warnings_in(caplog)[:1]
+    assert "refused (HTTP 403)" in warning
+    assert "get, list and watch" in warning
+    assert warnings_in(caplog).count(warning) == 1
+    assert changes.wait_for(1) == [[]]
+    assert SECRET_IN_ERRORS not in logged_text(caplog)
+
+
+def test_an_error_event_in_the_watch_backs_off_and_lists_again(
+    server: FakeConfigMapApiServer, waits: Waits, make_watcher: Callable[..., ConfigMapWatcher]
+) -> None:
+    server.put_configmap(NS, NAME, listed([A]))
+    make_watcher()
+    wait_watching(server, 2)
+
+    server.send_watch_event(
+        "ERROR", {"kind": "Status", "status": "Failure", "reason": "InternalError", "code": 500}
+    )
+    wait_watching(server, 4)
+
+    assert kinds(server) == ["list", "watch", "list", "watch"]
+    assert waits.delays == [1.0]
+
+
+def test_an_unreachable_api_server_never_raises(
+    changes: Changes, waits: Waits, make_watcher: Callable[..., ConfigMapWatcher]
+) -> None:
+    with FakeConfigMapApiServer() as gone:
+        url = gone.url
+    api = CoreV1ConfigMapApi(core_v1_api(url, retries=0), request_timeout=2.0)
+
+    make_watcher(api=api)
+
+    assert waits.wait_for(3)[:3] == [1.0, 2.0, 4.0]
+    assert changes.lists == []  # errors keep the last list (here: none yet)
+
+
+def test_a_configmap_without_the_key_or_with_bad_entries(
+    server: FakeConfigMapApiServer,
+    changes: Changes,
+    make_watcher: Callable[..., ConfigMapWatcher],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server.put_configmap(NS, NAME, {"other.json": "[]"})
+    make_watcher()
+    wait_watching(server, 2)
+    server.put_configmap(NS, NAME, listed(["oci://Bad Ref", A]))
+    server.put_configmap(NS, NAME, listed("not json"))
+
+    assert changes.wait_for(3) == [[], [PrefetchEntry(A)], []]
+    shown = warnings_in(caplog)
+    assert (
+        shown[0] == f"ConfigMap {NS}/{NAME} has no key 'prefetch.json': nothing to prefetch from it"
+    )
+    assert shown[1].startswith("prefetch list problem: entry 0 skipped:")
+    assert shown[2].startswith("prefetch list problem: prefetch.json is not valid JSON")
+
+
+def test_an_on_change_that_raises_does_not_stop_the_watcher(
+    server: FakeConfigMapApiServer, make_watcher: Callable[..., ConfigMapWatcher]
+) -> None:
+    seen = Changes()
+
+    def on_change(entries: Sequence[PrefetchEntry]) -> None:
+        seen(entries)
+        raise RuntimeError("bug")
+
+    server.put_configmap(NS, NAME, listed([A]))
+    make_watcher(on_change=on_change)
+    wait_watching(server, 2)
+    server.put_configmap(NS, NAME, listed([B]))
+
+    assert seen.wait_for(2) == [[PrefetchEntry(A)], [PrefetchEntry(B)]]
+
+
+def test_stop_interrupts_an_open_watch(
+    server: FakeConfigMapApiServer, make_watcher: Callable[..., ConfigMapWatcher]
+) -> None:
+    before = set(threading.enumerate())
+    watcher = make_watcher()
+    wait_watching(server, 2)
+    [thread] = [t for t in set(threading.enumerate()) - before if t.name.startswith("watch ")]
+    assert thread.daemon
+
+    started = time.monotonic()
+    watcher.stop(timeout=10)
+
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 5
+    server.wait_for(lambda: server.open_watches == 0)
+    assert kinds(server) == ["list", "watch"]
+
+
+def test_the_watcher_feeds_the_prefetcher(
+    server: FakeConfigMapApiServer, make_watcher: Callable[..., ConfigMapWatcher]
+) -> None:
+    fetched: dict[str, str] = {A: HEX_A, B: HEX_B}
+    prefetcher = Prefetcher(lambda request: fetched[str(request.source)])
+    prefetcher.start()
+    try:
+        server.put_configmap(NS, NAME, listed([A]))
+        make_watcher(on_change=prefetcher.set_dynamic)
+        server.wait_for(lambda: prefetcher.pinned() == {HEX_A})
+        server.put_configmap(NS, NAME, listed([B]))
+        server.wait_for(lambda: prefetcher.pinned() == {HEX_B})
+        server.delete_configmap(NS, NAME)
+        server.wait_for(lambda: prefetcher.pinned() == set())
+    finally:
+        prefetcher.stop()
+
+
+# --- wiring ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [("csi-wasm/csi-wasm-prefetch", ("csi-wasm", "csi-wasm-prefetch")), ("a/b.c", ("a", "b.c"))],
+)
+def test_a_configmap_reference(text: str, parsed: tuple[str, str]) -> None:
+    assert parse_configmap_ref(text) == parsed
+
+
+@pytest.mark.parametrize("text", ["", "name", "/name", "ns/", "NS/name", "ns/a/b", "ns/Name"])
+def test_a_bad_configmap_reference(text: str) -> None:
+    with pytest.raises(ValueError, match="must be NAMESPACE/NAME"):
+        parse_configmap_ref(text)
+
+
+def test_no_watcher_without_a_configmap_or_outside_a_cluster(
+    monkeypatch: pytest.MonkeyPatch, changes: Changes
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert watcher_from_environment(None, changes) is None
+    assert watcher_from_environment(f"{NS}/{NAME}", changes) is None
+    with pytest.raises(ValueError, match="--prefetch-configmap"):
+        watcher_from_environment("no-slash", changes)
+
+
+def test_a_broken_in_cluster_config_gives_no_watcher(
+    monkeypatch: pytest.MonkeyPatch, changes: Changes, caplog: pytest.LogCaptureFixture
+) -> None:
+    if Path("/var/run/secrets/kubernetes.io/serviceaccount/token").exists():
+        pytest.skip("running in a pod: the in-cluster config would work")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+
+    assert watcher_from_environment(f"{NS}/{NAME}", changes) is None
+    [warning] = warnings_in(caplog)
+    assert "prefetch ConfigMap is not followed" in warning
+
+
+def test_in_a_cluster_the_watcher_uses_the_service_account(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, changes: Changes
+) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command for the fake API server's certificate")
+    tls = self_signed(tmp_path)
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(tls.cert))
+    with FakeConfigMapApiServer(tls=tls) as server:
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(server.port))
+        server.put_configmap(NS, NAME, listed([A]))
+
+        watcher = watcher_from_environment(f"{NS}/{NAME}", changes)
+        assert isinstance(watcher, ConfigMapWatcher)
+        watcher.start()
+        try:
+            wait_watching(server, 2)
+            assert changes.wait_for(1) == [[PrefetchEntry(A)]]
+        finally:
+            watcher.stop()
+        first = cm_requests(server)[0]
+    scheme, credential = first.headers["authorization"].split(" ", 1)
+    assert (scheme.lower(), credential) == ("bearer", TOKEN)
+    assert first.headers["user-agent"] == f"csi-wasm/{__version__}"
+
+
+def test_importing_the_module_does_not_load_the_kubernetes_client() -> None:
+    code = "import sys, csi_wasm.prefetch; print('kubernetes' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(prefetch.__file__).parents[1],
+    )
+    assert result.stdout.strip() == "False"
