@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,8 +16,6 @@ from pathlib import Path
 
 from support.driver import NodeDirs, wait_for
 from support.kubelet import PodVolume
-
-from csi_wasm.mounts import read_mountinfo
 
 CRASHING_DRIVER = Path(__file__).with_name("crashing_driver.py")
 CRASH_ENV = "CSI_WASM_TEST_CRASH_AT"
@@ -119,15 +120,44 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _unescape(field: bytes) -> bytes:
+    # the kernel escapes space, tab, newline and backslash in mountinfo as \ooo
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), field)
+
+
+@dataclass(frozen=True)
+class Mount:
+    point: str
+    root: str  # what is mounted: the path inside its filesystem
+    options: frozenset[str]
+
+
+def mountinfo() -> list[Mount]:
+    """Every mount of this namespace, read independently of csi_wasm.mounts.
+
+    Lines end at ``\n`` only and paths are bytes: a mount point may hold any other
+    character, including ones ``str.splitlines`` would break at.
+    """
+    with open("/proc/self/mountinfo", "rb") as handle:
+        text = handle.read()
+    entries = []
+    for line in text.split(b"\n"):
+        fields = line.split(b" ")
+        if len(fields) >= 6:
+            point, root = os.fsdecode(_unescape(fields[4])), os.fsdecode(_unescape(fields[3]))
+            entries.append(Mount(point, root, frozenset(fields[5].decode().split(","))))
+    return entries
+
+
 def mounts_below(directory: Path) -> list[str]:
     prefix = os.fspath(directory).rstrip("/") + "/"
-    return [e.mount_point for e in read_mountinfo() if e.mount_point.startswith(prefix)]
+    return [m.point for m in mountinfo() if m.point.startswith(prefix)]
 
 
-def mounts_at(target: Path) -> list[frozenset[str]]:
+def mounts_at(target: Path | str) -> list[frozenset[str]]:
     """The options of every mount stacked at ``target``, bottom first."""
     wanted = os.fspath(target)
-    return [e.options for e in read_mountinfo() if e.mount_point == wanted]
+    return [m.options for m in mountinfo() if m.point == wanted]
 
 
 def assert_cache_verified(dirs: NodeDirs) -> set[str]:
@@ -163,6 +193,20 @@ def assert_nothing_left(dirs: NodeDirs, pods: Sequence[PodVolume]) -> None:
     volumes = dirs.root / "volumes"
     if volumes.is_dir():
         assert [p.name for p in volumes.iterdir() if p.name.endswith(".json")] == []
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+MNT_DETACH = 2
+
+
+def force_unmount(target: Path | str) -> None:
+    """Detach every mount stacked at ``target`` (at most 10), whatever its name holds."""
+    for _ in range(10):
+        if not mounts_at(target):
+            return
+        if _libc.umount2(os.fsencode(target), MNT_DETACH) != 0:
+            raise OSError(ctypes.get_errno(), f"umount2 {target!r}")
+    raise AssertionError(f"mounts still stacked at {target!r}")
 
 
 def tmp_files(dirs: NodeDirs) -> list[Path]:
