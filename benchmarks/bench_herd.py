@@ -1,0 +1,118 @@
+"""Thundering herd: many pods publish one uncached module at the same moment.
+
+    ./dev bench            (or: PYTHONPATH=tests python3 benchmarks/bench_herd.py)
+
+Each round pushes two fresh modules of the same size. One is published by a single pod
+(a cold publish); the other by ``--pods`` pods whose NodePublishVolume calls are all put
+in flight at once. Reported, in the same run: the blob GETs the registry saw for the
+herd (goal: 1) and the herd's wall time (first call sent to last answer) next to the
+single cold publish (goal: within 1.5x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from support.driver import DriverProcess, NodeDirs, connect
+from support.kubelet import Kubelet
+from support.oci import push_wasm_artifact
+from support.registry import Registry
+from support.wasm import make_module
+
+MIB = 1024 * 1024
+
+
+def herd(kubelet: Kubelet, reference: str, pods: int) -> tuple[float, float]:
+    """Wall times of ``pods`` concurrent publishes of ``reference`` to the first and the
+    last answer; all must succeed."""
+    volumes = [kubelet.new_pod(name=f"herd-{i}") for i in range(pods)]
+    requests = [kubelet.publish_request(pod, {"url": reference}) for pod in volumes]
+    answered: list[float] = []
+    started = time.perf_counter()
+    calls: list[grpc.Future[Any]] = []
+    for request in requests:
+        call: grpc.Future[Any] = kubelet.node.NodePublishVolume.future(request, timeout=300)
+        call.add_done_callback(lambda _: answered.append(time.perf_counter()))
+        calls.append(call)
+    for call in calls:
+        call.result(timeout=300)
+    last = time.perf_counter() - started
+    first = min(answered) - started
+    for pod in volumes:
+        kubelet.unpublish(pod)
+    return first, last
+
+
+def single(kubelet: Kubelet, reference: str) -> float:
+    pod = kubelet.new_pod(name="single")
+    started = time.perf_counter()
+    kubelet.publish(pod, {"url": reference}, timeout=300)
+    elapsed = time.perf_counter() - started
+    kubelet.unpublish(pod)
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pods", type=int, default=100, help="pods in the herd")
+    parser.add_argument(
+        "--size-mib", type=int, nargs="+", default=[16, 64], help="module sizes to run"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (medians are reported)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="csi-wasm-bench-") as work:
+        base = Path(work)
+        registry = Registry(base / "registry").start()
+        dirs = NodeDirs(base / "node")
+        driver = DriverProcess(dirs, ["--insecure-registry", registry.host]).start()
+        try:
+            with connect(dirs) as kubelet:
+                machine = " ".join(platform.uname()[i] for i in (0, 2, 4))
+                print(f"csi-wasm herd benchmark: {machine}, {os.cpu_count()} cores, loopback")
+                for size_mib in args.size_mib:
+                    run(kubelet, registry, size_mib, args.pods, args.rounds)
+        finally:
+            driver.terminate()
+            dirs.cleanup_mounts()
+            registry.stop()
+
+
+def run(kubelet: Kubelet, registry: Registry, size_mib: int, pods: int, rounds: int) -> None:
+    singles, firsts, herds, gets = [], [], [], []
+    for round_ in range(rounds):
+        size = size_mib * MIB
+        stamp = time.time_ns()
+        alone = push_wasm_artifact(
+            registry, f"bench/single{size_mib}", f"r{round_}", make_module(size, f"s{stamp}")
+        )
+        crowd = push_wasm_artifact(
+            registry, f"bench/herd{size_mib}", f"r{round_}", make_module(size, f"h{stamp}")
+        )
+        singles.append(single(kubelet, alone.reference))
+        mark = registry.mark()
+        first, last = herd(kubelet, crowd.reference, pods)
+        firsts.append(first)
+        herds.append(last)
+        gets.append(registry.blob_gets(crowd.layer_digest, since=mark))
+    one, many = statistics.median(singles), statistics.median(herds)
+    print(f"\nthundering herd: {pods} pods, one uncached {size_mib} MiB module")
+    print(f"  median of {rounds} rounds (ms)")
+    print(f"  {'single cold publish':36}{one * 1e3:9.1f}")
+    print(
+        f"  {f'{pods} concurrent publishes: first answer':36}{statistics.median(firsts) * 1e3:9.1f}"
+    )
+    print(f"  {'  last answer (wall)':36}{many * 1e3:9.1f}")
+    print(f"  ratio wall / single: {many / one:.2f}x   (goal: within 1.5x)")
+    print(f"  blob GETs seen by the registry per herd: {gets}   (goal: 1 each)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Where a publish spends its time: py-spy on the driver process, and the RPC split.
+
+    ./dev bench            (or: PYTHONPATH=tests python3 benchmarks/profile_publish.py)
+
+1. Warm publish: the client's round trip next to the time the driver's handler took
+   (its own ``duration_ms`` log field) and next to trivial RPCs (NodeGetInfo, Probe):
+   the difference is gRPC's Python server and the channel, not csi-wasm.
+2. A py-spy profile (``py-spy record --idle``, 1000 Hz) of the driver during warm
+   publishes, then during cold publishes; the inclusive share of the main frames of
+   the RPC handler threads (warm) and of the pull threads (cold) is printed.
+   Skipped, with a note, when py-spy is not installed (``pip install py-spy``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from support.driver import DriverProcess, NodeDirs, connect
+from support.kubelet import Kubelet
+from support.oci import push_wasm_artifact
+from support.registry import Registry
+from support.wasm import make_module
+
+from csi_wasm._proto import csi_pb2
+
+MIB = 1024 * 1024
+# Frames worth naming, by substring of py-spy's "function (file)" text.
+WARM_FRAMES = [
+    "NodeService._confine",
+    "VolumeRecords.get",
+    "Puller.get",
+    "NodeService._mount",
+    "VolumeRecords.put",
+    "Path.mkdir",
+    "bind_read_only (csi_wasm/mounts.py)",
+    "shows_read_only",
+    "parse_attributes",
+    "Keychain.from_secrets",
+    "Path.resolve",
+    "mkstemp",
+]
+COLD_FRAMES = [
+    "Puller._resolve_manifest",
+    "RegistryClient.fetch_blob",
+    "HTTPResponse._read_status",
+    "RegistryClient._stream_into",
+    "commit_module",
+    "_write_index",
+    "fsync (libc",
+    "os_fsync",
+]
+
+
+class Spy:
+    def __init__(self, pid: int, out: Path) -> None:
+        self.out = out
+        self.process = subprocess.Popen(
+            [
+                *("py-spy", "record", "--pid", str(pid), "--rate", "1000", "--format", "raw"),
+                *("--threads", "--idle", "--native", "--output", str(out)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)  # py-spy attaches asynchronously; nothing to wait on
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout=60)
+
+
+def shares(raw: Path, thread_filter: str, frames: list[str]) -> tuple[int, dict[str, float]]:
+    """Inclusive share of each frame among the samples whose stack has ``thread_filter``."""
+    counts: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, number = line.rpartition(" ")
+        if thread_filter not in stack or not number.isdigit():
+            continue
+        total += int(number)
+        plain = re.sub(r":\d+\)", ")", stack)
+        for frame in frames:
+            if frame in plain:
+                counts[frame] += int(number)
+    return total, {frame: counts[frame] / max(total, 1) for frame in frames}
+
+
+def handler_ms(log: str, method: str) -> list[float]:
+    values = []
+    for line in log.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("method") == method and record.get("code") == "OK":
+            values.append(float(record["duration_ms"]))
+    return values
+
+
+def split(kubelet: Kubelet, driver: DriverProcess, reference: str, count: int) -> None:
+    attributes = {"url": reference}
+    pods = [kubelet.new_pod(name=f"split-{i}") for i in range(count)]
+    seen = len(handler_ms(driver.log(), "NodePublishVolume"))
+    client = []
+    for pod in pods:
+        started = time.perf_counter()
+        kubelet.publish(pod, attributes)
+        client.append(time.perf_counter() - started)
+    probe, info = [], []
+    for _ in range(count):
+        started = time.perf_counter()
+        kubelet.identity.Probe(csi_pb2.ProbeRequest())
+        probe.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        kubelet.node.NodeGetInfo(csi_pb2.NodeGetInfoRequest())
+        info.append(time.perf_counter() - started)
+    for pod in pods:
+        kubelet.unpublish(pod)
+    server = handler_ms(driver.log(), "NodePublishVolume")[seen:]
+    print(f"\nwarm publish, where the time goes: p50 over {count} calls (ms)")
+    print(f"  {'client round trip':40}{statistics.median(client) * 1e3:8.3f}")
+    print(f"  {'driver handler (duration_ms in its log)':40}{statistics.median(server):8.3f}")
+    print(f"  {'NodeGetInfo round trip (empty handler)':40}{statistics.median(info) * 1e3:8.3f}")
+    print(f"  {'Probe round trip':40}{statistics.median(probe) * 1e3:8.3f}")
+
+
+def profile(
+    kubelet: Kubelet, driver: DriverProcess, registry: Registry, reference: str, work: Path
+) -> None:
+    if shutil.which("py-spy") is None:
+        print("\npy-spy is not installed: no profile (pip install py-spy)")
+        return
+    assert driver.process is not None
+    pods = [kubelet.new_pod(name=f"prof-{i}") for i in range(1500)]
+    spy = Spy(driver.process.pid, work / "warm.txt")
+    for pod in pods:
+        kubelet.publish(pod, {"url": reference})
+    spy.stop()
+    for pod in pods:
+        kubelet.unpublish(pod)
+    total, found = shares(spy.out, "NodePublishVolume", WARM_FRAMES)
+    print(f"\npy-spy, warm publish handler threads ({total} samples): inclusive share")
+    for frame, share in found.items():
+        print(f"  {share * 100:5.1f}%  {frame}")
+
+    refs = [
+        push_wasm_artifact(
+            registry, f"prof/cold{i}", "v1", make_module(4 * MIB, f"p{i}-{time.time_ns()}")
+        ).reference
+        for i in range(20)
+    ]
+    spy = Spy(driver.process.pid, work / "cold.txt")
+    for ref in refs:
+        pod = kubelet.new_pod(name="cold")
+        kubelet.publish(pod, {"url": ref})
+        kubelet.unpublish(pod)
+    spy.stop()
+    total, found = shares(spy.out, "Puller._run", COLD_FRAMES)
+    print(f"\npy-spy, cold 4 MiB publish pull threads ({total} samples): inclusive share")
+    for frame, share in found.items():
+        print(f"  {share * 100:5.1f}%  {frame}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=500, help="calls for the RPC split")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="csi-wasm-bench-") as work:
+        base = Path(work)
+        registry = Registry(base / "registry").start()
+        dirs = NodeDirs(base / "node")
+        driver = DriverProcess(dirs, ["--insecure-registry", registry.host]).start()
+        try:
+            pushed = push_wasm_artifact(registry, "prof/warm", "v1", make_module(64 * 1024, "w"))
+            with connect(dirs) as kubelet:
+                kubelet.publish(kubelet.new_pod(name="fill"), {"url": pushed.reference})
+                split(kubelet, driver, pushed.reference, args.count)
+                profile(kubelet, driver, registry, pushed.reference, base)
+        finally:
+            driver.terminate()
+            dirs.cleanup_mounts()
+            registry.stop()
+
+
+if __name__ == "__main__":
+    main()
