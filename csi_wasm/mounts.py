@@ -12,7 +12,9 @@ import ctypes
 import ctypes.util
 import errno
 import os
-from dataclasses import dataclass
+import posixpath
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MS_RDONLY = 0x1
@@ -42,6 +44,7 @@ class MountEntry:
     mount_point: str
     root: str  # the path inside the source filesystem that is mounted
     options: frozenset[str]
+    device: str = field(default="", compare=False)  # "major:minor" of the source filesystem
 
 
 def _unescape(field: str) -> str:
@@ -70,14 +73,95 @@ def read_mountinfo(path: Path = MOUNTINFO) -> list[MountEntry]:
                 mount_point=_unescape(fields[4]),
                 root=_unescape(fields[3]),
                 options=frozenset(fields[5].split(",")),
+                device=fields[2],
             )
         )
     return entries
 
 
+@dataclass(frozen=True)
+class SourcePath:
+    """A directory as mountinfo names it when it is the source of a bind mount."""
+
+    device: str  # major:minor of its filesystem
+    path: str  # its path inside that filesystem
+
+    def child(self, entry: MountEntry) -> str | None:
+        """The name of this directory's child that ``entry`` mounts (or a path inside it)."""
+        if entry.device != self.device:
+            return None
+        prefix = self.path.rstrip("/") + "/"
+        if not entry.root.startswith(prefix):
+            return None
+        name = entry.root[len(prefix) :].split("/", 1)[0]
+        return name or None
+
+
+class MountTable:
+    """The mount table read once, for the many questions of start-up and GC.
+
+    Reading and parsing mountinfo costs about a millisecond per 300 mounts, so code
+    that asks about every volume reads it once here instead of calling
+    :func:`find_mount` per volume.
+    """
+
+    def __init__(self, entries: Iterable[MountEntry]) -> None:
+        self.entries = list(entries)
+        # later lines are mounted on top of earlier ones: the last one wins
+        self._by_mount_point = {entry.mount_point: entry for entry in self.entries}
+
+    @classmethod
+    def read(cls, path: Path = MOUNTINFO) -> MountTable:
+        return cls(read_mountinfo(path))
+
+    def at(self, target: str) -> MountEntry | None:
+        """The topmost mount at ``target``, if any."""
+        return self._by_mount_point.get(target)
+
+    def under(self, directory: Path) -> Iterator[MountEntry]:
+        """Mounts whose mount point lies below ``directory``."""
+        prefix = os.fspath(directory).rstrip("/") + "/"
+        return (entry for entry in self.entries if entry.mount_point.startswith(prefix))
+
+    def source_of(self, directory: Path) -> SourcePath | None:
+        """How bind mounts of ``directory``'s children name their source, if it is mounted.
+
+        The filesystem holding ``directory`` is the mount with the longest mount
+        point above it; mountinfo gives the source as that filesystem's device and a
+        path inside it, which need not be the path seen here (a hostPath in a
+        container, a tmpfs mounted on ``--root``).
+        """
+        real = os.path.realpath(directory)
+        best: MountEntry | None = None
+        for entry in self.entries:
+            point = entry.mount_point
+            inside = real == point or real.startswith(point.rstrip("/") + "/")
+            if inside and (best is None or len(point) >= len(best.mount_point)):
+                best = entry
+        if best is None:
+            return None
+        relative = os.path.relpath(real, best.mount_point)
+        path = best.root if relative == "." else posixpath.join(best.root, relative)
+        return SourcePath(best.device, posixpath.normpath(path))
+
+    def sources_from(self, directory: Path) -> dict[str, list[MountEntry]]:
+        """Mounts of ``directory``'s children, by child name (e.g. a module's digest)."""
+        source = self.source_of(directory)
+        found: dict[str, list[MountEntry]] = {}
+        if source is None:
+            return found
+        for entry in self.entries:
+            name = source.child(entry)
+            if name is not None:
+                found.setdefault(name, []).append(entry)
+        return found
+
+
 def _escape(path: str) -> str:
     return (
-        path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011")
+        path.replace("\\", "\\134")
+        .replace(" ", "\\040")
+        .replace("\t", "\\011")
         .replace("\n", "\\012")
     )
 
@@ -97,7 +181,9 @@ def find_mount(target: Path, mountinfo: Path = MOUNTINFO) -> MountEntry | None:
         fields = line.split(" ")
         if len(fields) >= 6 and _unescape(fields[4]) == wanted:
             # later lines are mounted on top of earlier ones
-            found = MountEntry(wanted, _unescape(fields[3]), frozenset(fields[5].split(",")))
+            found = MountEntry(
+                wanted, _unescape(fields[3]), frozenset(fields[5].split(",")), fields[2]
+            )
     return found
 
 

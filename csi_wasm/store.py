@@ -6,26 +6,40 @@ Layout (everything the driver owns lives below the root)::
     index/manifests/<sha256 hex>       manifest digest -> module digest
     index/refs/<sha256 of ref>         tag reference -> manifest digest (serves IfNotPresent)
     tmp/                               downloads in progress; emptied at start-up
+    trash/<hex>.<token>                modules being evicted (see :mod:`csi_wasm.gc`)
+    quarantine/<hex>.<time>            modules that failed ``csi-wasm fsck``
+    .lock                              flock'ed by whoever evicts or quarantines modules
 
 A module directory is assembled in ``tmp/`` and renamed into ``modules/`` only after
 its bytes were hashed, so a half-written or unverified module is never visible under
 a digest. The index entries are single small files written atomically, so readers
 need no lock.
+
+Pins. A module is in use while a volume record names it or while it is *pinned* in
+memory: a publish pins the module it picked until its volume record is written.
+``lock`` guards the pins and every rename into or out of ``modules/``, so a pin
+either finds the module and keeps it, or finds it already gone (a cache miss); the
+collector picks its victims under the same lock. A module directory's mtime is its
+last use: pinning touches it (one utime, no fsync).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from csi_wasm.atomic import fsync_dir, write_atomic
+from csi_wasm.atomic import fsync_dir, remove, write_atomic
 from csi_wasm.errors import ResourceExhausted
 
 MODULE_FILE = "plugin.wasm"
@@ -40,6 +54,16 @@ def _key(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class CachedModule:
+    """One module in the store, as the collector sees it."""
+
+    digest: str  # sha256 hex
+    size: int  # bytes of plugin.wasm
+    disk_bytes: int  # bytes it occupies on disk (blocks)
+    last_used: float  # unix time: the directory's mtime
+
+
 class ModuleStore:
     """Verified modules by digest, plus the index that maps references to them."""
 
@@ -49,16 +73,40 @@ class ModuleStore:
         self.manifests_dir = root / "index" / "manifests"
         self.refs_dir = root / "index" / "refs"
         self.tmp_dir = root / "tmp"
+        self.trash_dir = root / "trash"
+        self.quarantine_dir = root / "quarantine"
+        self.lock_file = root / ".lock"
+        # Guards the pins and every rename into or out of modules/ (see the module doc).
+        self.lock = threading.Lock()
+        self._pins: dict[str, int] = {}
+        self._watch: set[str] | None = None
 
-    def prepare(self) -> None:
-        """Create the layout and drop leftovers of interrupted pulls."""
+    def prepare(self) -> int:
+        """Create the layout and drop leftovers of interrupted pulls; returns how many."""
         for directory in (self.modules_dir, self.manifests_dir, self.refs_dir, self.tmp_dir):
             directory.mkdir(parents=True, exist_ok=True)
+        removed = 0
         for leftover in self.tmp_dir.iterdir():
+            removed += 1
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
                 leftover.unlink(missing_ok=True)
+        return removed
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold ``<root>/.lock``: one collector or fsck at a time, across processes.
+
+        The publish path never takes it; it only serialises the tools that move modules
+        out of ``modules/`` (serve's collector, ``csi-wasm gc``, ``csi-wasm fsck``).
+        """
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
 
     def usable(self) -> bool:
         """True when the cache directory exists and can be written (Probe's readiness)."""
@@ -74,24 +122,35 @@ class ModuleStore:
 
     @contextlib.contextmanager
     def temp_file(self) -> Iterator[tuple[Path, int]]:
-        """A fresh file under ``tmp/``, removed on exit unless it was committed."""
+        """A fresh file under ``tmp/``, removed on exit unless it was committed.
+
+        The descriptor belongs to this context: wrap it with ``closefd=False``. If the
+        caller closed it all the same, it is not closed again: by then its number may
+        name another thread's file.
+        """
         fd, name = tempfile.mkstemp(prefix="pull-", dir=self.tmp_dir)
         path = Path(name)
+        opened = os.fstat(fd)
         try:
             yield path, fd
         finally:
             with contextlib.suppress(OSError):
-                os.close(fd)
+                now = os.fstat(fd)
+                if (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino):
+                    os.close(fd)
             path.unlink(missing_ok=True)
 
-    def commit_module(self, verified_file: Path, module_hex: str) -> Path:
+    def commit_module(self, verified_file: Path, module_hex: str, *, pin: bool = False) -> Path:
         """Move a file whose sha256 is ``module_hex`` into the store; return its directory.
 
         The caller has hashed the bytes. If another pull committed the same digest
-        first, ours is discarded: the content is identical by construction.
+        first, ours is discarded: the content is identical by construction. With
+        ``pin``, the module is pinned in the same step (the caller unpins it), so no
+        eviction can come between the commit and its first use.
         """
         final = self.module_dir(module_hex)
-        if self.has_module(module_hex):
+        already_stored = self.pin(module_hex) if pin else self.has_module(module_hex)
+        if already_stored:
             return final
         staging = Path(tempfile.mkdtemp(prefix="module-", dir=self.tmp_dir))
         try:
@@ -102,16 +161,126 @@ class ModuleStore:
             os.replace(verified_file, target)
             os.chmod(staging, 0o755)  # noqa: S103 - every pod may read modules
             fsync_dir(staging)
-            try:
-                os.rename(staging, final)
-            except OSError as error:
-                if not self.has_module(module_hex):
-                    raise storage_error(error) from error
-            else:
+            renamed = False
+            with self.lock:
+                try:
+                    os.rename(staging, final)
+                    renamed = True
+                except OSError as error:
+                    if not self.has_module(module_hex):
+                        raise storage_error(error) from error
+                if pin:
+                    self._pin_locked(module_hex)
+            if renamed:
                 fsync_dir(self.modules_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return final
+
+    # pins and last use
+
+    def pin(self, module_hex: str) -> bool:
+        """Keep ``module_hex`` from eviction until :meth:`unpin`; False if it is not stored."""
+        with self.lock:
+            if not self.has_module(module_hex):
+                return False
+            self._pin_locked(module_hex)
+        self.touch(module_hex)
+        return True
+
+    def _pin_locked(self, module_hex: str) -> None:
+        self._pins[module_hex] = self._pins.get(module_hex, 0) + 1
+        if self._watch is not None:
+            self._watch.add(module_hex)
+
+    def unpin(self, module_hex: str) -> None:
+        with self.lock:
+            count = self._pins.get(module_hex, 0) - 1
+            if count > 0:
+                self._pins[module_hex] = count
+            else:
+                self._pins.pop(module_hex, None)
+
+    def pinned(self) -> set[str]:
+        with self.lock:
+            return set(self._pins)
+
+    def touch(self, module_hex: str) -> None:
+        """Record a use of the module now (its directory's mtime); gone is fine."""
+        with contextlib.suppress(OSError):
+            os.utime(self.module_dir(module_hex))
+
+    def watch_pins(self) -> None:
+        """Start remembering every digest pinned from now on (and the ones pinned now).
+
+        The collector reads the volume records without holding ``lock``; a publish
+        that pins, records and unpins meanwhile is caught here instead.
+        """
+        with self.lock:
+            self._watch = set(self._pins)
+
+    def stop_watching_locked(self) -> set[str]:
+        """Digests pinned at any time since :meth:`watch_pins`; the caller holds ``lock``."""
+        seen = (self._watch or set()) | set(self._pins)
+        self._watch = None
+        return seen
+
+    def cached_modules(self) -> list[CachedModule]:
+        """Every module in the store, with its size and last use (a racing eviction is skipped)."""
+        found = []
+        with os.scandir(self.modules_dir) as entries:
+            for entry in entries:
+                if not is_sha256_hex(entry.name):
+                    continue
+                try:
+                    directory = entry.stat(follow_symlinks=False)
+                    module = os.stat(os.path.join(entry.path, MODULE_FILE))
+                except FileNotFoundError:
+                    continue
+                found.append(
+                    CachedModule(
+                        entry.name, module.st_size, module.st_blocks * 512, directory.st_mtime
+                    )
+                )
+        return found
+
+    def discard_locked(self, module_hex: str) -> Path | None:
+        """Rename a module out of ``modules/`` into ``trash/``; the caller holds ``lock``.
+
+        The rename makes it vanish atomically for lookups and pins. Its contents stay
+        intact (a bind mount of the directory keeps working) until the caller deletes
+        the returned path, or puts it back with :meth:`restore`.
+        """
+        self.trash_dir.mkdir(exist_ok=True)
+        trash = self.trash_dir / f"{module_hex}.{secrets.token_hex(4)}"
+        try:
+            os.rename(self.module_dir(module_hex), trash)
+        except FileNotFoundError:
+            return None
+        return trash
+
+    def restore(self, moved: Path, module_hex: str) -> bool:
+        """Put a module moved by :meth:`discard_locked` back, unless it was stored again."""
+        with self.lock:
+            if self.module_dir(module_hex).exists():
+                return False
+            try:
+                os.rename(moved, self.module_dir(module_hex))
+            except OSError:
+                return False
+        return True
+
+    def quarantine(self, module_hex: str, stamp: str) -> Path | None:
+        """Move a damaged module to ``quarantine/`` (bind mounts of it keep working)."""
+        self.quarantine_dir.mkdir(exist_ok=True)
+        target = self.quarantine_dir / f"{module_hex}.{stamp}"
+        with self.lock:
+            try:
+                os.rename(self.module_dir(module_hex), target)
+            except FileNotFoundError:
+                return None
+        fsync_dir(self.modules_dir)
+        return target
 
     def usage(self) -> tuple[int, int]:
         """(bytes, modules) held in the cache."""
@@ -153,6 +322,49 @@ class ModuleStore:
     def record_reference(self, reference: str, manifest_digest: str) -> None:
         body = json.dumps({"reference": reference, "manifest": manifest_digest}).encode()
         _write_index(self.refs_dir / _key(reference), body)
+
+    def prune_index(self) -> int:
+        """Drop index entries that lead to no stored module; returns how many.
+
+        Such entries already read as cache misses; this keeps them from piling up.
+        A manifest entry goes when its module is not stored (or it is damaged), a
+        reference entry when its manifest entry is gone.
+        """
+        removed = 0
+        with os.scandir(self.manifests_dir) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue  # a write in progress (write_atomic's temp file)
+                try:
+                    module_hex = Path(entry.path).read_text().strip()
+                except FileNotFoundError:
+                    continue
+                except (OSError, ValueError):
+                    module_hex = ""
+                if not (is_sha256_hex(module_hex) and self.has_module(module_hex)):
+                    removed += remove(Path(entry.path), durable=False)
+        with os.scandir(self.refs_dir) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    data = json.loads(Path(entry.path).read_bytes())
+                except FileNotFoundError:
+                    continue
+                except (OSError, ValueError):
+                    data = None
+                manifest = data.get("manifest") if isinstance(data, dict) else None
+                if not (
+                    isinstance(manifest, str)
+                    and is_sha256_hex(_hex(manifest))
+                    and (self.manifests_dir / _hex(manifest)).is_file()
+                ):
+                    removed += remove(Path(entry.path), durable=False)
+        return removed
+
+
+def _hex(digest: str) -> str:
+    return digest.removeprefix("sha256:")
 
 
 def _write_index(path: Path, data: bytes) -> None:

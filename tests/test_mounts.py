@@ -14,6 +14,8 @@ from csi_wasm.mounts import (
     READ_ONLY_OPTIONS,
     KernelMounter,
     MountEntry,
+    MountTable,
+    SourcePath,
     bind_read_only,
     find_mount,
     mounts_under,
@@ -348,3 +350,61 @@ def test_kernel_mounter(base: Path) -> None:
     finally:
         mounter.unmount(target)
     assert mounter.find_mount(target) is None
+
+
+# the mount table read once
+
+
+def test_mount_table_indexes_the_topmost_mount(tmp_path: Path) -> None:
+    path = tmp_path / "mountinfo"
+    path.write_text(MOUNTINFO_FIXTURE)
+    table = MountTable.read(path)
+    assert table.at("/mnt/parent") == MountEntry("/mnt/parent", "/", frozenset({"rw", "relatime"}))
+    assert table.at("/mnt/parent").device == "0:50"  # type: ignore[union-attr]
+    assert table.at("/mnt/elsewhere") is None
+    assert [e.mount_point for e in table.under(Path("/var/lib/kubelet/pods"))] == [
+        "/var/lib/kubelet/pods/p1/volumes/kubernetes.io~csi/my vol/mount"
+    ]
+
+
+def test_source_of_a_directory_and_its_mounted_children(tmp_path: Path) -> None:
+    lines = [
+        "1 0 8:1 / / rw - ext4 /dev/sda1 rw",
+        "2 1 8:2 /data/csi /var/lib/csi-wasm rw - ext4 /dev/sdb rw",
+        "3 1 8:2 /data/csi/modules/aa /pods/1/mount ro - ext4 /dev/sdb rw",
+        "4 1 8:2 /data/csi/modules/bb/plugin.wasm /pods/2/file ro - ext4 /dev/sdb rw",
+        "5 1 8:1 /var/lib/csi-wasm/modules/cc /pods/3/mount ro - ext4 /dev/sda1 rw",
+        "6 1 8:2 /data/csi/trash/dd.1234 /pods/4/mount ro - ext4 /dev/sdb rw",
+        "7 1 8:2 /data/csi/modulesx/ee /pods/5/mount ro - ext4 /dev/sdb rw",
+    ]
+    path = tmp_path / "mountinfo"
+    path.write_text("\n".join(lines) + "\n")
+    table = MountTable.read(path)
+    # realpath of a path that does not exist here is itself
+    modules = Path("/var/lib/csi-wasm/modules")
+    assert table.source_of(modules) == SourcePath("8:2", "/data/csi/modules")
+    assert table.source_of(Path("/var/lib/csi-wasm")) == SourcePath("8:2", "/data/csi")
+    assert table.source_of(Path("/etc")) == SourcePath("8:1", "/etc")
+    found = table.sources_from(modules)
+    # same device and path only: cc (other device), ee (other directory) are not ours
+    assert {name: [e.mount_point for e in entries] for name, entries in found.items()} == {
+        "aa": ["/pods/1/mount"],
+        "bb": ["/pods/2/file"],
+    }
+    assert set(table.sources_from(Path("/var/lib/csi-wasm/trash"))) == {"dd.1234"}
+
+
+def test_sources_from_sees_real_bind_mounts(base: Path) -> None:
+    modules = base / "modules"
+    modules.mkdir()
+    source = make_source(modules, "ab" * 32)
+    target = make_target(base, "pod/mount")
+    bind_read_only(source, target)
+    table = MountTable.read()
+    assert [e.mount_point for e in table.sources_from(modules)["ab" * 32]] == [os.fspath(target)]
+    trash = base / "trash"
+    trash.mkdir()
+    os.rename(source, trash / "moved")  # the kernel follows the rename
+    assert set(MountTable.read().sources_from(trash)) == {"moved"}
+    assert MountTable.read().sources_from(modules) == {}
+    unmount(target)

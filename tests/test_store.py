@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -356,3 +357,141 @@ def test_storage_error_keeps_other_errors(code: int) -> None:
 )
 def test_is_sha256_hex(value: str, ok: bool) -> None:
     assert is_sha256_hex(value) is ok
+
+
+# pins, last use, eviction primitives
+
+
+def test_pin_needs_the_module_and_counts(store: ModuleStore) -> None:
+    module_hex, _ = commit_bytes(store, make_module(300, "pin"))
+    assert not store.pin("cd" * 32)
+    assert store.pin(module_hex)
+    assert store.pin(module_hex)
+    assert store.pinned() == {module_hex}
+    store.unpin(module_hex)
+    assert store.pinned() == {module_hex}
+    store.unpin(module_hex)
+    assert store.pinned() == set()
+    store.unpin(module_hex)  # one too many is harmless
+    assert store.pinned() == set()
+
+
+def test_pin_marks_the_module_used_now(store: ModuleStore) -> None:
+    module_hex, final = commit_bytes(store, make_module(300, "touch"))
+    os.utime(final, (1_000_000, 1_000_000))
+    assert store.cached_modules()[0].last_used == 1_000_000
+    store.pin(module_hex)
+    assert store.cached_modules()[0].last_used > 1_000_000
+    os.utime(final, (1_000_000, 1_000_000))
+    store.touch(module_hex)
+    assert store.cached_modules()[0].last_used > 1_000_000
+    store.touch("cd" * 32)  # not stored: nothing to do, no error
+
+
+def test_commit_with_pin_pins_new_and_existing_modules(store: ModuleStore) -> None:
+    data = make_module(300, "commit-pin")
+    module_hex = hashlib.sha256(data).hexdigest()
+    for _ in range(2):
+        with store.temp_file() as (path, fd):
+            os.write(fd, data)
+            store.commit_module(path, module_hex, pin=True)
+    assert store.pinned() == {module_hex}
+    store.unpin(module_hex)
+    assert store.pinned() == {module_hex}  # pinned twice: once per commit
+
+
+def test_cached_modules_lists_size_and_skips_strangers(store: ModuleStore) -> None:
+    data = make_module(5000, "listed")
+    module_hex, _ = commit_bytes(store, data)
+    (store.modules_dir / "not-a-digest").mkdir()
+    (store.modules_dir / ("ef" * 32)).mkdir()  # no plugin.wasm: not a module
+    [module] = store.cached_modules()
+    assert (module.digest, module.size) == (module_hex, len(data))
+    assert module.disk_bytes >= len(data)
+
+
+def test_discard_and_restore(store: ModuleStore) -> None:
+    data = make_module(300, "discard")
+    module_hex, final = commit_bytes(store, data)
+    with store.lock:
+        moved = store.discard_locked(module_hex)
+        assert store.discard_locked(module_hex) is None  # gone already
+    assert moved is not None and moved.parent == store.trash_dir
+    assert moved.name.startswith(module_hex + ".")
+    assert not store.has_module(module_hex)
+    assert not store.pin(module_hex)  # a pin misses a discarded module
+    assert (moved / MODULE_FILE).read_bytes() == data
+    assert store.restore(moved, module_hex)
+    assert (final / MODULE_FILE).read_bytes() == data
+
+
+def test_restore_refuses_when_stored_again(store: ModuleStore) -> None:
+    data = make_module(300, "again")
+    module_hex, _ = commit_bytes(store, data)
+    with store.lock:
+        moved = store.discard_locked(module_hex)
+    assert moved is not None
+    commit_bytes(store, data)
+    assert not store.restore(moved, module_hex)
+    assert moved.is_dir()
+
+
+def test_watch_sees_pins_taken_and_released_meanwhile(store: ModuleStore) -> None:
+    first, _ = commit_bytes(store, make_module(300, "w1"))
+    second, _ = commit_bytes(store, make_module(300, "w2"))
+    third, _ = commit_bytes(store, make_module(300, "w3"))
+    store.pin(first)  # pinned before the watch, released during it
+    store.watch_pins()
+    store.unpin(first)
+    store.pin(second)
+    store.unpin(second)
+    with store.lock:
+        assert store.stop_watching_locked() == {first, second}
+    store.pin(third)  # after the watch: not remembered
+    with store.lock:
+        assert store.stop_watching_locked() == {third}  # only the current pins
+
+
+def test_quarantine_keeps_the_files(store: ModuleStore) -> None:
+    data = make_module(300, "quarantine")
+    module_hex, _ = commit_bytes(store, data)
+    moved = store.quarantine(module_hex, "stamp")
+    assert moved == store.quarantine_dir / f"{module_hex}.stamp"
+    assert (moved / MODULE_FILE).read_bytes() == data
+    assert not store.has_module(module_hex)
+    assert store.quarantine(module_hex, "again") is None
+
+
+def test_prune_index_drops_entries_leading_nowhere(store: ModuleStore) -> None:
+    kept_hex, _ = commit_bytes(store, make_module(300, "kept"))
+    store.record_manifest(MANIFEST_DIGEST, kept_hex)
+    store.record_reference("r.io/a:kept", MANIFEST_DIGEST)
+    store.record_manifest("sha256:" + "01" * 32, "02" * 32)  # module not stored
+    store.record_reference("r.io/a:gone", "sha256:" + "01" * 32)
+    store.record_reference("r.io/a:never", "sha256:" + "03" * 32)  # no manifest entry
+    (store.manifests_dir / ("04" * 32)).write_bytes(b"\xff\xfe")
+    (store.refs_dir / "garbage").write_text("{not json")
+    (store.manifests_dir / ".in-progress").write_text("x")  # someone's write_atomic
+
+    assert store.prune_index() == 5
+    assert os.listdir(store.manifests_dir) == sorted([MANIFEST_HEX, ".in-progress"])
+    assert len(os.listdir(store.refs_dir)) == 1
+    assert store.manifest_for_reference("r.io/a:kept") == MANIFEST_DIGEST
+    assert store.prune_index() == 0
+
+
+def test_exclusive_holds_the_root_lock_file(store: ModuleStore) -> None:
+    probe = os.open(store.lock_file, os.O_RDWR | os.O_CREAT)
+    try:
+        with store.exclusive(), pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released on exit
+    finally:
+        os.close(probe)
+
+
+def test_prepare_counts_removed_leftovers(store: ModuleStore) -> None:
+    (store.tmp_dir / "pull-1").write_bytes(b"x")
+    (store.tmp_dir / "module-2").mkdir()
+    assert store.prepare() == 2
+    assert store.prepare() == 0
