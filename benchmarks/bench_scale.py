@@ -33,6 +33,7 @@ from support.registry import Registry
 from support.wasm import make_module
 
 from csi_wasm._proto import csi_pb2, csi_pb2_grpc
+from csi_wasm.mounts import bind_read_only, unmount
 
 
 def percentile(samples: list[float], fraction: float) -> float:
@@ -54,6 +55,18 @@ def cycles(kubelet: Kubelet, attributes: dict[str, str], count: int) -> tuple[li
         publish.append(timed(lambda: kubelet.publish(pod, attributes)))  # noqa: B023
         unpublish.append(timed(lambda: kubelet.unpublish(pod)))  # noqa: B023
     return publish, unpublish
+
+
+def bare_mounts(kubelet: Kubelet, source: Path, count: int) -> tuple[list[float], list[float]]:
+    """The kernel's share: bare bind + read-only remount, and unmount, of fresh targets."""
+    mount, umount = [], []
+    for i in range(count):
+        target = kubelet.new_pod(name=f"bare-{i}").target
+        target.mkdir()
+        mount.append(timed(lambda: bind_read_only(source, target)))  # noqa: B023
+        umount.append(timed(lambda: unmount(target)))  # noqa: B023
+        target.rmdir()
+    return mount, umount
 
 
 def rss_mb(pid: int) -> float:
@@ -114,12 +127,15 @@ def main() -> None:
                 kubelet.publish(kubelet.new_pod(name="first"), attributes)  # fill the cache
                 rss_one = rss_mb(driver.process.pid)  # type: ignore[union-attr]
                 one_pub, one_unpub = cycles(kubelet, attributes, args.samples)
+                module_dir = next((dirs.root / "modules").iterdir())
+                one_bare, one_bare_umount = bare_mounts(kubelet, module_dir, args.samples)
                 started = time.perf_counter()
                 kept = [kubelet.new_pod(name=f"kept-{i}") for i in range(args.volumes)]
                 for pod in kept:
                     kubelet.publish(pod, attributes)
                 fill = time.perf_counter() - started
                 many_pub, many_unpub = cycles(kubelet, attributes, args.samples)
+                many_bare, many_bare_umount = bare_mounts(kubelet, module_dir, args.samples)
                 rss_many = rss_mb(driver.process.pid)  # type: ignore[union-attr]
                 republish = kubelet.publish_request(kept[0], attributes)
             ready, published = restart(driver, dirs, republish)
@@ -138,6 +154,10 @@ def main() -> None:
     print(row(f"publish, {n} volumes published", many_pub))
     print(row("unpublish, 1 volume published", one_unpub))
     print(row(f"unpublish, {n} volumes published", many_unpub))
+    print(row("  bare bind + ro remount, 1 volume", one_bare))
+    print(row(f"  bare bind + ro remount, {n} volumes", many_bare))
+    print(row("  bare umount2 (csi_wasm.mounts.unmount), 1", one_bare_umount))
+    print(row(f"  bare umount2 (csi_wasm.mounts.unmount), {n}", many_bare_umount))
     ratio = statistics.median(many_pub) / statistics.median(one_pub)
     print(f"  publish p50 ratio {n} / 1: {ratio:.2f}x   (goal: within 1.2x)")
     unratio = statistics.median(many_unpub) / statistics.median(one_unpub)
