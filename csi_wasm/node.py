@@ -3,6 +3,10 @@
 Publish is a straight line with one rollback: validate, lock the volume, get the
 module (cache or pull), record the volume, bind-mount read-only, check the mount.
 Any failure after the record is written undoes the mount and the record.
+
+The module comes back pinned (garbage collection cannot evict it); the pin is
+released once the volume record names it, or on failure. Unpublish marks the module
+used now, so its time unused starts when its last volume goes.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from csi_wasm.errors import (
     FailedPrecondition,
     Internal,
     InvalidArgument,
+    Unavailable,
 )
 from csi_wasm.events import (
     REASON_FAILED_PULL,
@@ -47,7 +52,13 @@ class Mounter(Protocol):
 class ModuleSource(Protocol):
     def get(
         self, request: attributes.ModuleRequest, keychain: Keychain | None, wait: float
-    ) -> PulledModule: ...
+    ) -> PulledModule:
+        """The module, pinned until :meth:`release`."""
+
+    def release(self, module: PulledModule) -> None: ...
+
+    def unused(self, module_digest: str) -> None:
+        """A volume of this module was unpublished."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +137,7 @@ class NodeService:
                 pod=pod,
             )
             if existing is not None:
-                if not existing.same_request(wanted):
+                if not existing.matches(wanted):
                     raise AlreadyExists(
                         f"volume {volume_id} is already published at {existing.target_path} "
                         f"with url {existing.url!r}; unpublish it first"
@@ -135,17 +146,23 @@ class NodeService:
                     return PublishResult(existing.module, 0, True, already_published=True)
             keychain = Keychain.from_secrets(request.secrets)
             module = self._modules.get(module_request, keychain, wait)
-            record = VolumeRecord(**{**wanted.__dict__, "module": module.digest})
-            self._mount(record, module, target)
+            try:
+                record = VolumeRecord(**{**wanted.__dict__, "module": module.digest})
+                self._mount(record, module, target)
+            finally:
+                self._modules.release(module)  # the record (or nothing) holds it now
             return PublishResult(module.digest, module.size, module.from_cache, False)
 
     def unpublish(self, volume_id: str, target_path: str) -> None:
         volume_id = _require(volume_id, "volume_id")
         target = self._confine(target_path)
         with self._locks.hold(volume_id):
+            existing = self._records.get(volume_id)
             self._mounter.unmount(target)
             _remove_target(target)
             self._records.delete(volume_id)
+            if existing is not None and existing.module:
+                self._modules.unused(existing.module)
 
     def _mount(self, record: VolumeRecord, module: PulledModule, target: Path) -> None:
         self._records.put(record)  # first: after a crash, unpublish still finds it
@@ -160,7 +177,15 @@ class NodeService:
                 # Left by an earlier attempt: a mount there is stale (no record of ours).
                 if self._mounter.find_mount(target) is not None:
                     self._mounter.unmount(target)
-            self._mounter.bind_read_only(module.path, target)
+            try:
+                self._mounter.bind_read_only(module.path, target)
+            except FileNotFoundError:
+                if module.path.exists():
+                    raise
+                raise Unavailable(
+                    f"module sha256:{module.digest} was removed from the cache while being "
+                    "published (csi-wasm gc or fsck running?); kubelet's retry will fetch it again"
+                ) from None
             self._verify(module.path, target)
         except BaseException:
             self._mounter.unmount(target)

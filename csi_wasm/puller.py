@@ -16,10 +16,19 @@ Three rules shape this module:
 Credentials: the pod's pull secret for a registry, else the node's
 (``--docker-config``). Node credentials are every pod's, so a module they fetch
 counts as available to all pods, as kubelet treats images pulled with them.
+
+Pins: :meth:`Puller.get` returns a module *pinned* in the store (see
+:mod:`csi_wasm.store`); the caller calls :meth:`Puller.release` once a volume record
+names it, or on failure. A finished download holds its own pin until every request
+waiting on it has taken one, so garbage collection cannot come between the commit
+and the mount. When the disk fills up during a pull, the collector is asked for
+room and the pull is retried once.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import logging
 import os
 import threading
@@ -29,7 +38,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar
 
 from csi_wasm.access import AccessRecords
 from csi_wasm.attributes import HttpSource, ModuleRequest, PullPolicy
@@ -41,6 +50,7 @@ from csi_wasm.errors import (
     FailedPrecondition,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unavailable,
 )
 from csi_wasm.formats import (
@@ -71,6 +81,9 @@ from csi_wasm.registry import (
 from csi_wasm.settings import PullSettings
 from csi_wasm.store import MODULE_FILE, ModuleStore, storage_error
 
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
@@ -97,6 +110,11 @@ class _Pull:
     started: float = field(default_factory=time.monotonic)
     bytes_done: int = 0
     bytes_total: int = 0
+    # Guarded by Puller._lock: requests waiting on the future, whether the pull has
+    # finished, and whether the pull's own pin on its module was handed back.
+    waiters: int = 0
+    finished: bool = False
+    released: bool = False
 
     @property
     def shown(self) -> str:
@@ -125,6 +143,16 @@ class PullObserver(Protocol):
     def pull_finished(self, result: str, seconds: float, size: int) -> None: ...
 
 
+class CacheSpace(Protocol):
+    """Makes room in the cache (the collector, :class:`csi_wasm.gc.CacheCollector`)."""
+
+    def reserve(self, incoming: int) -> None:
+        """Evict unused modules so that ``incoming`` more bytes fit the cache budget."""
+
+    def free_disk(self, needed: int) -> int:
+        """Evict unused modules until ``needed`` bytes are free on disk; returns bytes freed."""
+
+
 PullKey = tuple[str, str | None, str | None]
 T = TypeVar("T")
 
@@ -145,6 +173,7 @@ class Puller:
         mirrors: Mirrors | None = None,
         max_parallel_pulls: int = 4,
         observer: PullObserver | None = None,
+        space: CacheSpace | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -157,16 +186,20 @@ class Puller:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_parallel_pulls)
         self._observer = observer
+        self._space = space
 
     def get(
         self, request: ModuleRequest, pod_keychain: Keychain | None, wait: float
     ) -> PulledModule:
-        """The module for ``request``, waiting at most ``wait`` seconds for a download."""
+        """The module for ``request``, waiting at most ``wait`` seconds for a download.
+
+        The module is pinned: call :meth:`release` when done with it.
+        """
         source = request.source
         if isinstance(source, HttpSource):
             # Named by its sha256 (required for URLs): the cache always answers first.
             assert request.sha256 is not None
-            cached = self._cached_module(request.sha256)
+            cached = self._pinned(request.sha256, None, from_cache=True)
             self._observe_lookup(cached)
             if cached is not None:
                 return cached
@@ -177,30 +210,66 @@ class Puller:
             cached = self.cached(source, request.sha256)
             self._observe_lookup(cached)
             if cached is not None:
-                self._authorize(source, keychain, requester, wait)
+                try:
+                    self._authorize(source, keychain, requester, wait)
+                except BaseException:
+                    self.release(cached)
+                    raise
                 return cached
         return self._wait(self._join_or_start(source, request.sha256, keychain, requester), wait)
 
+    def release(self, module: PulledModule) -> None:
+        """Unpin a module :meth:`get` returned: from now on only volume records keep it."""
+        self._store.unpin(module.digest)
+
+    def unused(self, module_digest: str) -> None:
+        """A volume of this module went away: its time unused counts from now."""
+        self._store.touch(module_digest)
+
     def _wait(self, pull: _Pull, wait: float) -> PulledModule:
         try:
-            return pull.future.result(timeout=max(0.0, wait))
+            result = pull.future.result(timeout=max(0.0, wait))
         except FutureTimeout:
+            self._leave(pull)
             raise DeadlineExceeded(
                 f"still pulling {pull.shown} ({pull.describe()}); the pull continues "
                 "and kubelet's retry will pick it up"
             ) from None
+        except BaseException:
+            self._leave(pull)
+            raise
+        try:
+            # The pull's own pin still holds the module, so this cannot miss it
+            # (unless another process, `csi-wasm gc` or `fsck`, removed it).
+            pinned = self._store.pin(result.digest)
+        finally:
+            self._leave(pull)
+        if not pinned:
+            raise _vanished(result.digest)
+        return result
+
+    def _leave(self, pull: _Pull) -> None:
+        """One waiter is done; the last one after the pull finished hands back its pin."""
+        with self._lock:
+            pull.waiters -= 1
+            release = pull.finished and pull.waiters == 0 and not pull.released
+            pull.released = pull.released or release
+        if release:
+            self._release_pull(pull)
+
+    def _release_pull(self, pull: _Pull) -> None:
+        if pull.future.exception() is None:
+            self.release(pull.future.result())
 
     def _observe_lookup(self, cached: PulledModule | None) -> None:
         if self._observer is not None:
             self._observer.cache_lookup(cached is not None)
 
-    def _cached_module(self, module_hex: str) -> PulledModule | None:
-        if not self._store.has_module(module_hex):
-            return None
-        return self._stored(module_hex, None, from_cache=True)
-
     def cached(self, reference: Reference, sha256: str | None) -> PulledModule | None:
-        """The stored module for a reference, without touching the network."""
+        """The stored module for a reference, pinned, without touching the network.
+
+        Call :meth:`release` when done with it.
+        """
         manifest_digest = reference.digest or self._store.manifest_for_reference(str(reference))
         module_hex = None
         if manifest_digest is not None:
@@ -211,7 +280,7 @@ class Puller:
             return None
         if sha256 is not None and sha256 not in (module_hex, _hex(manifest_digest or "")):
             return None  # the tag moved or the sha256 is wrong: let a pull decide
-        return self._stored(module_hex, manifest_digest, from_cache=True)
+        return self._pinned(module_hex, manifest_digest, from_cache=True)
 
     def _authorize(
         self,
@@ -264,8 +333,9 @@ class Puller:
         with self._lock:
             pull = self._inflight.get(key)
             if pull is not None:
+                pull.waiters += 1
                 return pull
-            pull = _Pull(source, sha256, keychain, requester)
+            pull = _Pull(source, sha256, keychain, requester, waiters=1)
             self._inflight[key] = pull
         thread = threading.Thread(
             target=self._run,
@@ -281,7 +351,7 @@ class Puller:
         try:
             with self._slots:
                 deadline = Deadline.after(self._settings.pull_timeout)
-                result = self._fetch(pull, deadline)
+                result = self._fetch_making_room(pull, deadline)
         except BaseException as caught:  # handed to every waiter
             error = storage_error(caught) if isinstance(caught, OSError) else caught
             self._finished(
@@ -290,17 +360,47 @@ class Puller:
             pull.future.set_exception(error)
         else:
             self._finished(started, "success", pull.bytes_done)
-            pull.future.set_result(result)
+            pull.future.set_result(result)  # pinned: see _leave
         finally:
             with self._lock:
                 self._inflight.pop(key, None)
+                pull.finished = True
+                release = pull.waiters == 0 and not pull.released
+                pull.released = pull.released or release
+            if release:
+                self._release_pull(pull)
+
+    def _fetch_making_room(self, pull: _Pull, deadline: Deadline) -> PulledModule:
+        """Fetch; if the disk fills up, ask the collector for room and try once more."""
+        try:
+            return self._fetch(pull, deadline)
+        except (OSError, ResourceExhausted) as error:
+            if self._space is None or not _disk_full(error):
+                raise
+            needed = 2 * max(pull.bytes_total, pull.bytes_done) + _ROOM_SLACK
+            freed = self._space.free_disk(needed)
+            log.info(
+                "cache disk full during a pull; garbage collected",
+                extra={"fields": {"url": pull.shown, "needed": needed, "freed": freed}},
+            )
+            if freed <= 0:
+                raise ResourceExhausted(
+                    "the module cache disk is full and no unused module can be evicted; "
+                    "free space under --root, lower --cache-max-bytes or unpublish modules"
+                ) from None
+            pull.bytes_done = 0
+            return self._fetch(pull, deadline)
 
     def _fetch(self, pull: _Pull, deadline: Deadline) -> PulledModule:
         source = pull.source
         if isinstance(source, HttpSource):
             return self._pull_url(pull, source, deadline)
         result = self._first_route(source, lambda route: self._pull(pull, route, source, deadline))
-        self._access.record_pull(source.name, pull.requester)
+        try:
+            self._access.record_pull(source.name, pull.requester)
+        except BaseException:
+            self.release(result)
+            raise
         return result
 
     def _pull_url(self, pull: _Pull, source: HttpSource, deadline: Deadline) -> PulledModule:
@@ -308,17 +408,22 @@ class Puller:
         where = display_url(source.url)
         limit = self._settings.max_module_bytes
         assert pull.sha256 is not None
-        with self._store.temp_file() as (_, body_fd), os.fdopen(body_fd, "w+b") as body:
+        with (
+            self._store.temp_file() as (_, body_fd),
+            os.fdopen(body_fd, "w+b", closefd=False) as body,
+        ):
             self._http.fetch(source.url, body, deadline, limit=limit, progress=pull.progress)
             body.flush()
             body.seek(0)
             with self._store.temp_file() as (module_path, module_fd):
-                with os.fdopen(module_fd, "wb") as out:
-                    module_hex, _ = unpack_body(body, out, limit=limit, where=where)
+                with _ModuleWriter(module_fd) as out:
+                    module_hex, _ = out.guard(
+                        lambda: unpack_body(body, out, limit=limit, where=where)
+                    )
                     out.flush()
                 _check_sha256(pull.sha256, module_hex, (), where)
-                self._store.commit_module(module_path, module_hex)
-        return self._stored(module_hex, None, from_cache=False)
+                self._commit(module_path, module_hex)
+        return self._stored_pinned(module_hex, None, from_cache=False)
 
     def _finished(self, started: float, result: str, size: int) -> None:
         if self._observer is not None:
@@ -335,7 +440,10 @@ class Puller:
         if known is not None:
             _check_sha256(sha256, known, digests, where)
             self._remember(reference, digests, known)
-            return self._stored(known, manifest.digest, from_cache=True)
+            found = self._pinned(known, manifest.digest, from_cache=True)
+            if found is not None:
+                return found
+            # evicted since the lookup: download it again
         image = parse_image_manifest(manifest.body, manifest.media_type, where)
         package, layer = select_format(image, where)
         limit = self._settings.max_module_bytes
@@ -349,7 +457,10 @@ class Puller:
             # The layer is the module: a wrong sha256 is known before downloading.
             _check_sha256(sha256, _hex(layer.digest), digests, where)
         pull.bytes_total = layer.size
-        with self._store.temp_file() as (blob_path, blob_fd), os.fdopen(blob_fd, "w+b") as blob:
+        with (
+            self._store.temp_file() as (blob_path, blob_fd),
+            os.fdopen(blob_fd, "w+b", closefd=False) as blob,
+        ):
             self._registry.fetch_blob(
                 route,
                 layer.digest,
@@ -370,12 +481,16 @@ class Puller:
                 blob.seek(0)
                 check_wasm_header(blob.read(HEADER_SIZE), where)
                 module_hex = _hex(layer.digest)
-                self._store.commit_module(blob_path, module_hex)
+                self._commit(blob_path, module_hex)
             else:
                 blob.seek(0)
                 module_hex = self._unpack_tarball(blob, sha256, digests, where)
-        self._remember(reference, digests, module_hex)
-        return self._stored(module_hex, manifest.digest, from_cache=False)
+        try:
+            self._remember(reference, digests, module_hex)
+        except BaseException:
+            self._store.unpin(module_hex)
+            raise
+        return self._stored_pinned(module_hex, manifest.digest, from_cache=False)
 
     def _resolve_manifest(
         self, route: Reference, keychain: Keychain | None, deadline: Deadline
@@ -407,25 +522,93 @@ class Puller:
     def _unpack_tarball(
         self, blob: BinaryIO, sha256: str | None, digests: Sequence[str], where: str
     ) -> str:
-        with self._store.temp_file() as (module_path, module_fd), os.fdopen(module_fd, "wb") as out:
-            module_hex, _ = extract_plugin(
-                blob, out, limit=self._settings.max_module_bytes, where=where
-            )
+        limit = self._settings.max_module_bytes
+        with self._store.temp_file() as (module_path, module_fd), _ModuleWriter(module_fd) as out:
+            module_hex, _ = out.guard(lambda: extract_plugin(blob, out, limit=limit, where=where))
             out.flush()
             _check_sha256(sha256, module_hex, digests, where)
-            self._store.commit_module(module_path, module_hex)
+            self._commit(module_path, module_hex)
         return module_hex
 
-    def _stored(
+    def _commit(self, verified_file: Path, module_hex: str) -> None:
+        """Commit a verified module, pinned, after making room for it in the cache budget."""
+        if self._space is not None and not self._store.has_module(module_hex):
+            self._space.reserve(verified_file.stat().st_size)
+        self._store.commit_module(verified_file, module_hex, pin=True)
+
+    def _pinned(
+        self, module_hex: str, manifest_digest: str | None, *, from_cache: bool
+    ) -> PulledModule | None:
+        """The stored module, pinned; None when it is not (or no longer) stored."""
+        if not self._store.pin(module_hex):
+            return None
+        path = self._store.module_dir(module_hex)
+        try:
+            size = (path / MODULE_FILE).stat().st_size
+        except FileNotFoundError:  # removed by another process (csi-wasm fsck)
+            self._store.unpin(module_hex)
+            return None
+        return PulledModule(module_hex, path, size, manifest_digest, from_cache)
+
+    def _stored_pinned(
         self, module_hex: str, manifest_digest: str | None, *, from_cache: bool
     ) -> PulledModule:
+        """The module just committed (and pinned) by this pull."""
         path = self._store.module_dir(module_hex)
-        size = (path / MODULE_FILE).stat().st_size
+        try:
+            size = (path / MODULE_FILE).stat().st_size
+        except FileNotFoundError:
+            self._store.unpin(module_hex)
+            raise _vanished(module_hex) from None
         return PulledModule(module_hex, path, size, manifest_digest, from_cache)
+
+
+_ROOM_SLACK = 64 * 1024  # asked for on top of the download when the disk is full
 
 
 def _hex(digest: str) -> str:
     return digest.removeprefix("sha256:")
+
+
+def _disk_full(error: BaseException) -> bool:
+    if isinstance(error, ResourceExhausted):
+        return True
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _vanished(module_hex: str) -> Unavailable:
+    return Unavailable(
+        f"module sha256:{module_hex} was removed from the cache while being published "
+        "(csi-wasm gc or fsck running?); kubelet's retry will fetch it again"
+    )
+
+
+class _ModuleWriter(io.BufferedWriter):
+    """A module's temp file that remembers a failed write.
+
+    The format readers report any OSError inside an archive as a damaged archive;
+    :meth:`guard` turns one that was really ours (a full disk) back into the OSError,
+    so it becomes RESOURCE_EXHAUSTED and not FAILED_PRECONDITION.
+    """
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(io.FileIO(fd, "wb", closefd=False))  # the store's temp_file closes it
+        self.write_error: OSError | None = None
+
+    def write(self, data: Buffer) -> int:
+        try:
+            return super().write(data)
+        except OSError as error:
+            self.write_error = self.write_error or error
+            raise
+
+    def guard(self, unpack: Callable[[], T]) -> T:
+        try:
+            return unpack()
+        except FailedPrecondition:
+            if self.write_error is not None:
+                raise self.write_error from None
+            raise
 
 
 def _check_sha256(

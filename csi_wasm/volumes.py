@@ -29,6 +29,9 @@ class VolumeRecord:
     sha256: str | None  # the sha256 attribute, if any
     module: str  # sha256 hex of the published plugin.wasm
     pod: str  # namespace/name, for logs and events
+    # Written at start-up for a mount of ours found without a record: the url is not
+    # known (see csi_wasm.reconcile).
+    adopted: bool = False
 
     def same_request(self, other: VolumeRecord) -> bool:
         """True when ``other`` asks for the same thing at the same place."""
@@ -37,6 +40,15 @@ class VolumeRecord:
             other.url,
             other.sha256,
         )
+
+    def matches(self, request: VolumeRecord) -> bool:
+        """True when ``request`` may be answered by this record's volume.
+
+        An adopted record does not know its url, so any request at its target matches.
+        """
+        if self.adopted:
+            return self.target_path == request.target_path
+        return self.same_request(request)
 
 
 class VolumeRecords:
@@ -75,12 +87,21 @@ class VolumeRecords:
 
     def all(self) -> list[VolumeRecord]:
         records = []
-        for path in sorted(self.directory.glob("*.json")):
+        try:
+            with os.scandir(self.directory) as entries:
+                names = sorted(entry.name for entry in entries if entry.name.endswith(".json"))
+        except FileNotFoundError:
+            return []  # never prepared: nothing was published
+        for name in names:
             try:
-                records.append(_load(path))
+                records.append(_load(self.directory / name))
             except (OSError, ValueError, TypeError):
                 continue  # removed meanwhile, or damaged: not a published volume we know
         return records
+
+    def modules(self) -> set[str]:
+        """Digests of every module a published volume shows (what GC must keep)."""
+        return {record.module for record in self.all() if record.module}
 
 
 def _load(path: Path) -> VolumeRecord:

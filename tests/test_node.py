@@ -6,8 +6,10 @@ requests are tested in test_events.py against a fake API server).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from support.driver import NodeDirs
@@ -17,12 +19,12 @@ from support.registry import Registry
 from support.wasm import make_module
 
 from csi_wasm.access import AccessRecords
-from csi_wasm.attributes import PodInfo
-from csi_wasm.errors import FailedPrecondition, NotFound
+from csi_wasm.attributes import ModuleRequest, PodInfo
+from csi_wasm.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from csi_wasm.mounts import KernelMounter
 from csi_wasm.node import NodeService, PublishRequest
-from csi_wasm.puller import Puller
-from csi_wasm.registry import RegistryClient, RegistryOptions
+from csi_wasm.puller import PulledModule, Puller
+from csi_wasm.registry import Keychain, RegistryClient, RegistryOptions
 from csi_wasm.settings import PullSettings
 from csi_wasm.store import ModuleStore
 from csi_wasm.volumes import VolumeRecords
@@ -50,12 +52,17 @@ def events() -> RecordingEvents:
 
 
 @pytest.fixture
+def store(node_dirs: NodeDirs) -> ModuleStore:
+    s = ModuleStore(node_dirs.root)
+    s.prepare()
+    return s
+
+
+@pytest.fixture
 def service(
-    node_dirs: NodeDirs, registry: Registry, events: RecordingEvents
+    node_dirs: NodeDirs, registry: Registry, events: RecordingEvents, store: ModuleStore
 ) -> Iterator[NodeService]:
     settings = PullSettings(insecure_registries=frozenset({registry.host}))
-    store = ModuleStore(node_dirs.root)
-    store.prepare()
     records = VolumeRecords(node_dirs.root / "volumes")
     records.prepare()
     access = AccessRecords(node_dirs.root / "access")
@@ -114,3 +121,71 @@ def test_failures_report_the_rpc_message(
         ("FailedPull", "team/broken", missing.value.message),
         ("InvalidModule", "team/broken", mismatch.value.message),
     ]
+
+
+def test_publish_leaves_no_pin_and_marks_uses(
+    service: NodeService,
+    store: ModuleStore,
+    node_dirs: NodeDirs,
+    registry: Registry,
+    unique_repo: str,
+) -> None:
+    pushed = push_wasm_artifact(registry, unique_repo, "v1", make_module(2048, "uses"))
+    first, second = _pod(node_dirs, "first"), _pod(node_dirs, "second")
+    module_dir = store.module_dir(pushed.module_sha256)
+
+    service.publish(_request(first, pushed.reference), wait=30)
+    assert store.pinned() == set()  # the volume record keeps it now
+    os.utime(module_dir, (1_000_000, 1_000_000))
+    service.publish(_request(second, pushed.reference), wait=30)  # warm: picks it
+    assert store.pinned() == set()
+    assert module_dir.stat().st_mtime > 1_000_000
+    os.utime(module_dir, (1_000_000, 1_000_000))
+    service.unpublish(first.volume_id, str(first.target))  # a user went away
+    assert module_dir.stat().st_mtime > 1_000_000
+
+
+def test_a_failed_publish_releases_its_pin(
+    service: NodeService,
+    store: ModuleStore,
+    node_dirs: NodeDirs,
+    registry: Registry,
+    unique_repo: str,
+) -> None:
+    pushed = push_wasm_artifact(registry, unique_repo, "v1", make_module(2048, "fails"))
+    pod = _pod(node_dirs, "orphan")
+    pod.target.parent.rmdir()  # kubelet's parent directory is missing
+    with pytest.raises(InvalidArgument):
+        service.publish(_request(pod, pushed.reference), wait=30)
+    assert store.has_module(pushed.module_sha256)
+    assert store.pinned() == set()
+
+
+@dataclass
+class VanishingModules:
+    """A module source whose module another process removed between lookup and mount."""
+
+    path: Path
+    released: list[str] = field(default_factory=list)
+
+    def get(self, request: ModuleRequest, keychain: Keychain | None, wait: float) -> PulledModule:
+        return PulledModule("ab" * 32, self.path, 8, None, from_cache=True)
+
+    def release(self, module: PulledModule) -> None:
+        self.released.append(module.digest)
+
+    def unused(self, module_digest: str) -> None:
+        return
+
+
+def test_a_module_removed_before_its_mount_is_unavailable(node_dirs: NodeDirs) -> None:
+    records = VolumeRecords(node_dirs.root / "volumes")
+    records.prepare()
+    modules = VanishingModules(node_dirs.root / "modules" / ("ab" * 32))
+    service = NodeService(node_dirs.kubelet_dir / "pods", modules, records, KernelMounter())
+    pod = _pod(node_dirs, "vanished")
+    with pytest.raises(Unavailable, match="removed from the cache"):
+        service.publish(_request(pod, "r.io/a/b:v1"), wait=30)
+    assert modules.released == ["ab" * 32]
+    assert records.all() == []
+    assert not pod.target.exists()

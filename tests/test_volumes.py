@@ -197,3 +197,30 @@ def test_records_are_written_without_fsync(
     records.delete("vol")
     assert calls == []
     assert records.all() == []
+
+
+def test_an_adopted_record_matches_any_request_at_its_target() -> None:
+    adopted = replace(record("v"), url="", pod="", adopted=True)
+    assert adopted.matches(replace(record("v"), url="oci://ghcr.io/acme/f:v9"))
+    assert not adopted.matches(replace(record("v"), target_path="/elsewhere"))
+    assert record("v").matches(record("v"))
+    assert not record("v").matches(replace(record("v"), url="oci://ghcr.io/acme/f:v2"))
+
+
+def test_records_without_the_adopted_field_still_load(records: VolumeRecords) -> None:
+    data = asdict(record("old"))
+    del data["adopted"]  # written by an older driver
+    (records.directory / "old.json").write_text(json.dumps(data))
+    [loaded] = records.all()
+    assert not loaded.adopted
+
+
+def test_modules_in_use(records: VolumeRecords) -> None:
+    records.put(record("a", module="aa" * 32))
+    records.put(record("b", module="aa" * 32))
+    records.put(record("c", module="bb" * 32))
+    assert records.modules() == {"aa" * 32, "bb" * 32}
+
+
+def test_all_of_a_missing_directory_is_empty(tmp_path: Path) -> None:
+    assert VolumeRecords(tmp_path / "never-prepared").all() == []
