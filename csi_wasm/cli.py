@@ -1,4 +1,4 @@
-"""Command line: ``csi-wasm serve`` and friends.
+"""Command line: ``csi-wasm serve``, ``csi-wasm gc`` and ``csi-wasm fsck``.
 
 Every flag can also come from the environment as ``CSI_WASM_<FLAG_IN_UPPER_SNAKE>``
 (``--pull-timeout`` -> ``CSI_WASM_PULL_TIMEOUT``); repeatable flags take a comma-
@@ -13,14 +13,17 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from csi_wasm import __version__, logs
 from csi_wasm.settings import (
+    DEFAULT_CACHE_MAX_BYTES,
     DEFAULT_DRIVER_NAME,
+    DEFAULT_GC_INTERVAL_SECONDS,
     DEFAULT_MAX_MODULE_BYTES,
+    CacheSettings,
     NodeSettings,
     PullSettings,
     ServeSettings,
@@ -87,7 +90,12 @@ def _env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
 
-def _add_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+FlagAdder = Callable[..., None]
+
+
+def _flag_adder(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> FlagAdder:
+    """``flag(name, default=, help=, ...)``: an option whose default may come from ``env``."""
+
     def flag(name: str, *, default: object, help: str, **kwargs: Any) -> None:
         # A string default goes through ``type`` like a command-line value, so a bad
         # environment value is a usage error too.
@@ -99,13 +107,48 @@ def _add_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
                 default = from_env
         parser.add_argument(name, default=default, help=f"{help} (env {_env_name(name)})", **kwargs)
 
+    return flag
+
+
+def _root_flag(flag: FlagAdder) -> None:
+    flag("--root", default="/var/lib/csi-wasm", help="directory the driver owns: cache, records")
+
+
+def _cache_flags(flag: FlagAdder) -> None:
+    flag(
+        "--cache-max-bytes",
+        default=str(DEFAULT_CACHE_MAX_BYTES),
+        type=parse_size,
+        help="evict unused modules, least recently used first, while the cache holds more "
+        "(5Gi style accepted)",
+    )
+    flag(
+        "--cache-ttl",
+        default="168h",
+        type=parse_duration,
+        help="evict a module unused for longer than this",
+    )
+
+
+def _log_flag(flag: FlagAdder) -> None:
+    flag(
+        "--log-level",
+        default="info",
+        type=parse_log_level,
+        metavar="{" + ",".join(logs.LEVELS) + "}",
+        help="log verbosity",
+    )
+
+
+def _add_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    flag = _flag_adder(parser, env)
     flag("--endpoint", default="unix:///csi/csi.sock", help="CSI socket, unix:///path")
     flag(
         "--node-id",
         default=env.get("NODE_NAME") or socket.gethostname(),
         help="node name reported to kubelet (default: $NODE_NAME or hostname)",
     )
-    flag("--root", default="/var/lib/csi-wasm", help="directory the driver owns: cache, records")
+    _root_flag(flag)
     flag("--kubelet-dir", default="/var/lib/kubelet", help="kubelet's root directory")
     flag("--driver-name", default=DEFAULT_DRIVER_NAME, help="CSI driver name")
     flag(
@@ -153,13 +196,14 @@ def _add_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
         type=parse_duration,
         help="deadline for one pull, e.g. 10m; a pull outlives kubelet's 2-minute call",
     )
+    _cache_flags(flag)
     flag(
-        "--log-level",
-        default="info",
-        type=parse_log_level,
-        metavar="{" + ",".join(logs.LEVELS) + "}",
-        help="log verbosity",
+        "--gc-interval",
+        default="10m",
+        type=parse_duration,
+        help="how often the cache is garbage-collected (a pull short of room also runs it)",
     )
+    _log_flag(flag)
 
 
 def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
@@ -171,6 +215,23 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="serve the CSI Identity and Node services")
     _add_flags(serve, env)
+    gc = commands.add_parser(
+        "gc",
+        help="evict unused modules now (what serve does periodically) and print what was freed",
+    )
+    flag = _flag_adder(gc, env)
+    _root_flag(flag)
+    _cache_flags(flag)
+    gc.add_argument("--dry-run", action="store_true", help="only print what would be freed")
+    _log_flag(flag)
+    fsck = commands.add_parser(
+        "fsck",
+        help="re-hash every cached module, quarantine any that no longer match its digest; "
+        "exit status 1 when one was removed",
+    )
+    flag = _flag_adder(fsck, env)
+    _root_flag(flag)
+    _log_flag(flag)
     return parser
 
 
@@ -191,15 +252,34 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
             docker_config=args.docker_config,
             credential_recheck=args.credential_recheck,
         ),
+        cache=cache_settings_from(args),
         endpoint=args.endpoint,
         metrics_address=args.metrics_address,
         log_level=args.log_level,
     )
 
 
+def cache_settings_from(args: argparse.Namespace) -> CacheSettings:
+    return CacheSettings(
+        max_bytes=args.cache_max_bytes,
+        ttl=args.cache_ttl,
+        gc_interval=getattr(args, "gc_interval", DEFAULT_GC_INTERVAL_SECONDS),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "gc":
+        logs.configure(args.log_level)
+        from csi_wasm.gc import gc_command  # noqa: PLC0415 - keep --help fast
+
+        return gc_command(Path(args.root), cache_settings_from(args), dry_run=args.dry_run)
+    if args.command == "fsck":
+        logs.configure(args.log_level)
+        from csi_wasm.fsck import fsck_command  # noqa: PLC0415 - keep --help fast
+
+        return fsck_command(Path(args.root))
     try:
         settings = settings_from(args)
     except argparse.ArgumentTypeError as error:

@@ -19,6 +19,10 @@ Metrics:
 - ``csi_wasm_pull_bytes_total`` (counter): bytes downloaded by successful pulls.
 - ``csi_wasm_cache_lookups_total{result}`` (counter): cache lookups by digest, ``hit`` or
   ``miss``.
+- ``csi_wasm_gc_evictions_total{reason}`` (counter): modules evicted from the cache, by
+  reason: ``ttl`` (unused longer than ``--cache-ttl``), ``size`` (the cache was over
+  ``--cache-max-bytes``) or ``disk`` (a pull needed free disk space).
+- ``csi_wasm_gc_freed_bytes_total`` (counter): bytes of modules evicted from the cache.
 - ``csi_wasm_cache_bytes`` (gauge): bytes of modules held in the node cache.
 - ``csi_wasm_cache_modules`` (gauge): modules held in the node cache.
 - ``csi_wasm_published_volumes`` (gauge): volumes currently published to pods.
@@ -99,6 +103,7 @@ _CSI_METHODS: Final = frozenset(
     }
 )
 _OTHER_METHOD: Final = "other"
+_EVICTION_REASONS: Final = frozenset({"ttl", "size", "disk"})
 
 _OPERATION_BUCKETS: Final = (
     0.0005,
@@ -241,6 +246,17 @@ class Metrics:
             ["result"],
             registry=None,
         )
+        self._evictions = Counter(
+            "csi_wasm_gc_evictions",
+            "Modules evicted from the cache, by reason (ttl, size or disk).",
+            ["reason"],
+            registry=None,
+        )
+        self._freed_bytes = Counter(
+            "csi_wasm_gc_freed_bytes",
+            "Bytes of modules evicted from the cache.",
+            registry=None,
+        )
         build_info = Gauge(
             "csi_wasm_build_info",
             "Driver and Python versions; always 1.",
@@ -252,6 +268,8 @@ class Metrics:
         self._pulls.labels(result="success")
         self._cache_lookups.labels(result="hit")
         self._cache_lookups.labels(result="miss")
+        for reason in sorted(_EVICTION_REASONS):
+            self._evictions.labels(reason=reason)
 
         self._state = _StateCollector()
         self.registry.register(
@@ -263,6 +281,8 @@ class Metrics:
                     self._pull_seconds,
                     self._pull_bytes,
                     self._cache_lookups,
+                    self._evictions,
+                    self._freed_bytes,
                     build_info,
                 ]
             )
@@ -305,6 +325,18 @@ class Metrics:
     def observe_cache_lookup(self, hit: bool) -> None:
         """Count one cache lookup by digest."""
         self._cache_lookups.labels(result="hit" if hit else "miss").inc()
+
+    def observe_eviction(self, reason: str, size_bytes: int) -> None:
+        """Count one module evicted by garbage collection.
+
+        ``reason`` is ``ttl``, ``size`` or ``disk``; anything else is a bug and raises
+        ValueError.
+        """
+        if reason not in _EVICTION_REASONS:
+            raise ValueError(f"metrics: eviction reason {reason!r} is not one of ttl, size, disk")
+        self._evictions.labels(reason=reason).inc()
+        if size_bytes > 0:
+            self._freed_bytes.inc(size_bytes)
 
     def set_state_source(self, source: Callable[[], StateSnapshot]) -> None:
         """Compute the state gauges from ``source()`` at every scrape (it must be quick)."""

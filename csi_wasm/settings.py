@@ -8,6 +8,9 @@ from pathlib import Path
 DEFAULT_DRIVER_NAME = "wasm.csi.dev"
 DEFAULT_MAX_MODULE_BYTES = 256 * 1024 * 1024
 DEFAULT_PULL_TIMEOUT_SECONDS = 600.0
+DEFAULT_CACHE_MAX_BYTES = 5 * 1024**3
+DEFAULT_CACHE_TTL_SECONDS = 7 * 24 * 3600.0
+DEFAULT_GC_INTERVAL_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,15 @@ class PullSettings:
     registry_mirrors: tuple[str, ...] = ()  # SOURCE=MIRROR[/PREFIX], parsed at start-up
     docker_config: str | None = None
     credential_recheck: float = 3600.0
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """How the module cache is kept bounded (see :mod:`csi_wasm.gc`)."""
+
+    max_bytes: int = DEFAULT_CACHE_MAX_BYTES  # unused modules are evicted above this
+    ttl: float = DEFAULT_CACHE_TTL_SECONDS  # and when unused for longer than this
+    gc_interval: float = DEFAULT_GC_INTERVAL_SECONDS
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,7 @@ class ServeSettings:
 
     node: NodeSettings
     pull: PullSettings = field(default_factory=PullSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
     endpoint: str = "unix:///csi/csi.sock"
     metrics_address: str = ":9090"
     log_level: str = "info"

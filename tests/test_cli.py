@@ -19,6 +19,7 @@ from csi_wasm.settings import (
     DEFAULT_DRIVER_NAME,
     DEFAULT_MAX_MODULE_BYTES,
     DEFAULT_PULL_TIMEOUT_SECONDS,
+    CacheSettings,
     ServeSettings,
 )
 
@@ -71,6 +72,9 @@ def test_serve_help_lists_flags_and_env(capsys: pytest.CaptureFixture[str]) -> N
         "--registry-ca",
         "--max-module-bytes",
         "--pull-timeout",
+        "--cache-max-bytes",
+        "--cache-ttl",
+        "--gc-interval",
     ):
         assert flag in out
         assert "CSI_WASM_" + flag[2:].replace("-", "_").upper() in out
@@ -333,3 +337,51 @@ def test_parse_size_refuses(text: str) -> None:
 def test_parse_size_refuses_zero(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         parse_size(text)
+
+
+# cache flags, csi-wasm gc and csi-wasm fsck
+
+
+def test_cache_defaults_and_environment() -> None:
+    s = settings([])
+    assert s.cache == CacheSettings()
+    assert (s.cache.max_bytes, s.cache.ttl, s.cache.gc_interval) == (5 * 1024**3, 7 * 86400, 600)
+    env = {
+        "CSI_WASM_CACHE_MAX_BYTES": "1Gi",
+        "CSI_WASM_CACHE_TTL": "24h",
+        "CSI_WASM_GC_INTERVAL": "1m",
+    }
+    s = settings([], env)
+    assert (s.cache.max_bytes, s.cache.ttl, s.cache.gc_interval) == (1024**3, 86400, 60)
+    s = settings(["--cache-max-bytes", "2Gi", "--cache-ttl", "1h"], env)
+    assert (s.cache.max_bytes, s.cache.ttl) == (2 * 1024**3, 3600)
+
+
+def test_gc_and_fsck_take_root_and_cache_flags_from_the_environment() -> None:
+    env = {"CSI_WASM_ROOT": "/data", "CSI_WASM_CACHE_TTL": "2h", "CSI_WASM_CACHE_MAX_BYTES": "1Mi"}
+    args = build_parser(env).parse_args(["gc", "--dry-run"])
+    assert (args.root, args.cache_ttl, args.cache_max_bytes, args.dry_run) == (
+        "/data",
+        7200.0,
+        1024**2,
+        True,
+    )
+    assert build_parser(env).parse_args(["fsck"]).root == "/data"
+    assert build_parser({}).parse_args(["gc"]).dry_run is False
+
+
+def test_gc_and_fsck_run_against_a_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["gc", "--root", str(tmp_path / "empty")]) == 2
+    root = tmp_path / "root"
+    (root / "modules").mkdir(parents=True)
+    assert main(["gc", "--root", str(root), "--dry-run"]) == 0
+    assert "would free 0 bytes" in capsys.readouterr().out
+    assert main(["fsck", "--root", str(root)]) == 0
+    assert "checked 0 module(s)" in capsys.readouterr().out
+
+
+def test_gc_refuses_a_bad_size(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["gc", "--cache-max-bytes", "lots"])
+    assert info.value.code == 2
+    assert "'lots' is not a size" in capsys.readouterr().err

@@ -160,6 +160,25 @@ def test_cache_lookups_start_at_zero(served: Served) -> None:
     }
 
 
+def test_gc_evictions_and_freed_bytes(served: Served) -> None:
+    families = scrape(served)
+    assert samples(families["csi_wasm_gc_evictions"]) == {
+        ("csi_wasm_gc_evictions_total", labels(reason=reason)): 0.0
+        for reason in ("disk", "size", "ttl")
+    }
+    served.metrics.observe_eviction("ttl", 100)
+    served.metrics.observe_eviction("size", 20)
+    served.metrics.observe_eviction("ttl", 3)
+
+    families = scrape(served)
+    evictions = samples(families["csi_wasm_gc_evictions"])
+    assert evictions[("csi_wasm_gc_evictions_total", labels(reason="ttl"))] == 2.0
+    assert evictions[("csi_wasm_gc_evictions_total", labels(reason="size"))] == 1.0
+    assert samples(families["csi_wasm_gc_freed_bytes"]) == {
+        ("csi_wasm_gc_freed_bytes_total", labels()): 123.0
+    }
+
+
 def test_build_info(served: Served) -> None:
     info = scrape(served)["csi_wasm_build_info"]
     assert info.type == "gauge"
@@ -260,6 +279,8 @@ def test_every_exposed_name_follows_the_contract(served: Served) -> None:
         "csi_wasm_pull_duration_seconds",
         "csi_wasm_pull_bytes",
         "csi_wasm_cache_lookups",
+        "csi_wasm_gc_evictions",
+        "csi_wasm_gc_freed_bytes",
         "csi_wasm_build_info",
         *STATE_GAUGES,
     }
@@ -486,6 +507,7 @@ def test_registration_does_not_call_the_state_source() -> None:
         lambda m: m.observe_pull("ok", 0.1, 0),
         lambda m: m.observe_pull("sha256:abc", 0.1, 0),
         lambda m: m.observe_pull("", 0.1, 0),
+        lambda m: m.observe_eviction("sha256:abc", 1),
     ],
 )
 def test_unbounded_label_values_are_refused(observe: Callable[[Metrics], None]) -> None:
