@@ -330,3 +330,37 @@ def test_line_break_characters_in_the_target(node: Node) -> None:
         assert mounts_at(target) == []
     finally:
         force_unmount(target)
+
+
+_NON_UTF8_MOUNT = """
+import os
+from pathlib import Path
+from csi_wasm.mounts import bind_read_only, find_mount
+base = os.getcwd()  # the test's tmp_path; the mount dies with the private namespace
+odd = os.path.join(os.fsencode(base), b"latin1-\\xe9")
+os.mkdir(odd)
+bind_read_only(Path(os.fsdecode(odd)), Path(os.fsdecode(odd)))
+find_mount(Path(base) / "anything")
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: csi_wasm/mounts.py reads /proc/self/mountinfo with Path.read_text() "
+    "(strict UTF-8): one mount anywhere on the node whose path is not UTF-8 makes every "
+    "find_mount/unmount raise UnicodeDecodeError, so every unpublish answers INTERNAL",
+)
+def test_a_non_utf8_mount_elsewhere_on_the_node(tmp_path: Path) -> None:
+    """Run in a private mount namespace: the odd mount is never seen by anything else."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", _NON_UTF8_MOUNT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-500:]
