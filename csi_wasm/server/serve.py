@@ -1,5 +1,9 @@
 """Run the driver: build the parts, serve gRPC on a unix socket, stop cleanly on SIGTERM.
 
+Before the socket opens, the records are reconciled with the mount table (see
+:mod:`csi_wasm.reconcile`); once serving, a background thread garbage-collects the
+cache every ``--gc-interval`` (see :mod:`csi_wasm.gc`).
+
 On SIGTERM the socket is removed and the process exits; published volumes stay
 mounted, so running pods never notice a restart or an upgrade of the driver.
 """
@@ -21,11 +25,13 @@ from csi_wasm import __version__
 from csi_wasm._proto import csi_pb2_grpc
 from csi_wasm.access import AccessRecords
 from csi_wasm.events import EventRecorder, recorder_from_environment
+from csi_wasm.gc import CacheCollector, GcLoop, log_report
 from csi_wasm.metrics import Metrics, MetricsServer, StateSnapshot, serve_metrics
 from csi_wasm.mirrors import Mirrors, parse_mirror
 from csi_wasm.mounts import KernelMounter
 from csi_wasm.node import NodeService
 from csi_wasm.puller import Puller
+from csi_wasm.reconcile import reconcile
 from csi_wasm.registry import Keychain, RegistryClient, RegistryOptions
 from csi_wasm.server.identity import IdentityServicer
 from csi_wasm.server.node import NodeServicer
@@ -61,6 +67,16 @@ class _PullMetrics:
         self._metrics.observe_pull(result, seconds, size)
 
 
+class _GcMetrics:
+    """The collector's observer, reporting to Prometheus."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def module_evicted(self, reason: str, size: int) -> None:
+        self._metrics.observe_eviction(reason, size)
+
+
 @dataclass
 class Driver:
     """A running driver; :meth:`stop` shuts it down."""
@@ -70,10 +86,13 @@ class Driver:
     registry: RegistryClient
     metrics: Metrics
     events: EventRecorder
+    collector: CacheCollector
+    gc: GcLoop
     metrics_server: MetricsServer | None = field(default=None)
 
     def stop(self, grace: float = 5.0) -> None:
         self.server.stop(grace).wait()
+        self.gc.stop()
         self.events.close()
         if self.metrics_server is not None:
             self.metrics_server.stop()
@@ -99,15 +118,15 @@ def start(settings: ServeSettings) -> Driver:
     path = socket_path(settings.endpoint)
 
     store = ModuleStore(node.root)
-    store.prepare()
     records = VolumeRecords(node.root / "volumes")
-    records.prepare()
+    reconcile(store, records, node.pods_dir)  # also prepares both
     access = AccessRecords(node.root / "access", window=pull.credential_recheck)
     access.prepare()
     registry = RegistryClient(
         RegistryOptions(insecure_registries=pull.insecure_registries, ca_file=pull.registry_ca)
     )
     metrics = Metrics()
+    collector = CacheCollector(store, records, settings.cache, observer=_GcMetrics(metrics))
     puller = Puller(
         store,
         registry,
@@ -116,6 +135,7 @@ def start(settings: ServeSettings) -> Driver:
         node_keychain=node_keychain,
         mirrors=mirrors,
         observer=_PullMetrics(metrics),
+        space=collector,
     )
     events = recorder_from_environment(node.node_id, driver_name=node.driver_name)
     service = NodeService(node.pods_dir, puller, records, KernelMounter(), events)
@@ -140,6 +160,8 @@ def start(settings: ServeSettings) -> Driver:
         metrics_server = serve_metrics(settings.metrics_address, metrics, store.usable)
     server.add_insecure_port(f"unix://{path}")
     server.start()
+    gc = GcLoop(collector, settings.cache.gc_interval, log_report)
+    gc.start()
     log.info(
         "serving",
         extra={
@@ -152,10 +174,12 @@ def start(settings: ServeSettings) -> Driver:
                 "published": records.count(),
                 "metrics": settings.metrics_address,
                 "mirrors": [str(m) for m in pull.registry_mirrors],
+                "cache_max_bytes": settings.cache.max_bytes,
+                "cache_ttl_s": settings.cache.ttl,
             }
         },
     )
-    return Driver(server, path, registry, metrics, events, metrics_server)
+    return Driver(server, path, registry, metrics, events, collector, gc, metrics_server)
 
 
 def serve(settings: ServeSettings) -> int:
