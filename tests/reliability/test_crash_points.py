@@ -15,6 +15,11 @@ once its temp file under ``<root>/tmp`` holds those bytes.
 
 from __future__ import annotations
 
+import os
+import random
+import time
+from typing import Any
+
 import grpc
 import pytest
 from support.driver import NodeDirs, connect, wait_for
@@ -23,9 +28,12 @@ from support.oci import PushedModule, push_wasm_artifact
 from support.registry import Registry
 from support.wasm import make_module
 
+from csi_wasm._proto import csi_pb2
+
 from .conftest import StartProcess
 from .faultproxy import Fault, FaultProxy
 from .harness import (
+    Process,
     assert_cache_verified,
     assert_nothing_left,
     assert_served,
@@ -95,7 +103,6 @@ def test_crash_during_publish_then_retry(
     assert driver.terminate() == 0
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("point", PUBLISH_POINTS)
 def test_crash_during_publish_then_pod_deleted(
     point: str,
@@ -195,3 +202,53 @@ def test_kill_mid_download_then_retry(
     assert tmp_files(node_dirs) == []
     with connect(node_dirs) as kubelet:
         _after_restart(kubelet, node_dirs, pod, attributes, pushed.module_sha256)
+
+
+SOAK_ITERATIONS = 15
+SOAK_PODS = 40
+
+
+@pytest.mark.slow
+def test_kill_at_random_moments_under_load(
+    start_process: StartProcess,
+    node_dirs: NodeDirs,
+    registry: Registry,
+    unique_repo: str,
+) -> None:
+    """Crash points chosen by timing: kill -9 at a random moment while 40 pods publish and
+    unpublish (fresh and cached modules mixed), restart, let kubelet converge, check."""
+    seed = int(os.environ.get("CSI_WASM_SOAK_SEED", str(time.time_ns())))
+    rng = random.Random(seed)
+    print(f"soak seed {seed} (set CSI_WASM_SOAK_SEED to replay)")
+    cached = _module(registry, unique_repo + "-cached")
+    for iteration in range(SOAK_ITERATIONS):
+        fresh = _module(registry, f"{unique_repo}-{iteration}", 1024 * 1024)
+        driver: Process = start_process()
+        with connect(node_dirs) as kubelet:
+            pods = [kubelet.new_pod(name=f"soak-{iteration}-{i}") for i in range(SOAK_PODS)]
+            chosen = {pod.volume_id: rng.choice([cached, fresh]) for pod in pods}
+            calls: list[grpc.Future[Any]] = []
+            for pod in pods:
+                request = kubelet.publish_request(pod, {"url": chosen[pod.volume_id].reference})
+                calls.append(kubelet.node.NodePublishVolume.future(request, timeout=60))
+            for pod in pods[: SOAK_PODS // 2]:  # some pods go away again at once
+                unpublish = csi_pb2.NodeUnpublishVolumeRequest(
+                    volume_id=pod.volume_id, target_path=str(pod.target)
+                )
+                calls.append(kubelet.node.NodeUnpublishVolume.future(unpublish, timeout=60))
+            time.sleep(rng.uniform(0.0, 0.15))  # the random moment: this is the crash point
+            driver.kill()
+            for call in calls:
+                call.exception(timeout=60)  # answered or failed with the connection: either
+        assert_cache_verified(node_dirs)
+
+        start_process()
+        assert tmp_files(node_dirs) == []
+        with connect(node_dirs) as kubelet:
+            for pod in pods:  # kubelet converges: every pod that should run gets its module
+                kubelet.publish(pod, {"url": chosen[pod.volume_id].reference})
+                assert_served(pod, chosen[pod.volume_id].module_sha256)
+            for pod in pods:
+                kubelet.unpublish(pod)
+        assert_nothing_left(node_dirs, pods)
+        assert_cache_verified(node_dirs)
