@@ -76,7 +76,7 @@ def is_index(media_type: str, body: bytes) -> bool:
     """
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return False
     if not isinstance(document, dict):
         return False

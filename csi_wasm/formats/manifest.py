@@ -81,7 +81,8 @@ def json_object(body: bytes, where: str) -> dict[str, Any]:
     """``body`` as a JSON object; FAILED_PRECONDITION if it is not one."""
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as error:
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        # RecursionError: arrays or objects nested deeper than Python's recursion limit
         raise FailedPrecondition(
             f"{where} did not return a JSON manifest; is the url an OCI registry?"
         ) from error

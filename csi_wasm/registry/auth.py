@@ -391,7 +391,7 @@ class Authenticator:
             raise not_token
         try:
             document = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             raise not_token from None
         if not isinstance(document, dict):
             raise not_token

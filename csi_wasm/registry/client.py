@@ -367,7 +367,7 @@ def _manifest_media_type(ref: Reference, body: bytes, content_type: str) -> str:
         raise not_manifest
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         raise not_manifest from None
     if not isinstance(document, dict):
         raise not_manifest
@@ -384,7 +384,7 @@ def _error_codes(
     try:
         body = read_bounded(response, MAX_ERROR_BODY_BYTES, deadline, read_timeout, what)
         document = json.loads(body)
-    except (ValueError, Unavailable):
+    except (ValueError, RecursionError, Unavailable):
         return set()
     errors = document.get("errors") if isinstance(document, dict) else None
     if not isinstance(errors, list):

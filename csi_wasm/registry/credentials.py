@@ -143,7 +143,7 @@ class Keychain:
 def _load_json(text: str, source: str) -> dict[str, Any]:
     try:
         document = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, RecursionError) as exc:
         where = ""
         if isinstance(exc, json.JSONDecodeError):
             where = f" ({exc.msg} at line {exc.lineno} column {exc.colno})"

@@ -12,6 +12,9 @@ current fault's ``target`` (``blobs`` or ``manifests``) is broken instead, the f
               (bounded by ``max_drip_seconds``)
 ``corrupt``   send the whole body with one byte flipped in the middle (same length)
 ``stall``     send the headers and ``stall_after`` bytes, then hold until released
+``body``      answer ``status`` with ``body`` (``application/json``) instead
+``bearer``    answer 401 with a Bearer challenge whose realm is this proxy's ``/token``,
+              which answers 200 with ``body``; requests with a Bearer token pass
 
 Only 127.0.0.1 is ever listened on or talked to.
 """
@@ -30,7 +33,9 @@ from typing import Literal
 
 import requests
 
-FaultKind = Literal["status", "throttle", "reset", "truncate", "drip", "corrupt", "stall"]
+FaultKind = Literal[
+    "status", "throttle", "reset", "truncate", "drip", "corrupt", "stall", "body", "bearer"
+]
 Target = Literal["blobs", "manifests"]
 
 _HOP_HEADERS = {"connection", "transfer-encoding", "keep-alive", "content-length", "server", "date"}
@@ -46,6 +51,7 @@ class Fault:
     drip_interval: float = 0.2
     max_drip_seconds: float = 30.0
     stall_after: int = 0
+    body: bytes = b""
 
 
 class FaultProxy:
@@ -58,7 +64,7 @@ class FaultProxy:
         self._left: int | None = None
         self._cleared = threading.Event()
         self._release = threading.Event()
-        self.requests: dict[str, int] = {"blobs": 0, "manifests": 0, "other": 0}
+        self.requests: dict[str, int] = {"blobs": 0, "manifests": 0, "other": 0, "authorized": 0}
         self.broken = 0  # requests a fault was applied to
         self.stalled_bytes = 0  # bytes sent by a ``stall`` fault before holding
         self._session = requests.Session()
@@ -137,8 +143,23 @@ class FaultProxy:
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         path = handler.path
+        with self._lock:
+            current = self._fault
+        if path.startswith("/token") and current is not None and current.kind == "bearer":
+            _answer(handler, 200, current.body)
+            return
         target = "blobs" if "/blobs/" in path else "manifests" if "/manifests/" in path else "other"
+        bearer = handler.headers.get("Authorization", "").startswith("Bearer ")
+        if current is not None and current.kind == "bearer" and bearer:
+            target = "authorized"  # the client has a token: let it through
         fault = self._take(target)
+        if fault is not None and fault.kind == "body":
+            _answer(handler, fault.status, fault.body)
+            return
+        if fault is not None and fault.kind == "bearer":
+            realm = f'Bearer realm="http://{self.host}/token",service="fault-proxy"'
+            _answer(handler, 401, b'{"errors":[{"code":"UNAUTHORIZED"}]}', realm)
+            return
         if fault is not None and fault.kind == "reset":
             _reset(handler)
             return
@@ -214,6 +235,18 @@ class FaultProxy:
         self._server.shutdown()
         self._server.server_close()
         self._session.close()
+
+
+def _answer(
+    handler: BaseHTTPRequestHandler, status: int, body: bytes, challenge: str | None = None
+) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    if challenge is not None:
+        handler.send_header("WWW-Authenticate", challenge)
+    handler.end_headers()
+    handler.wfile.write(body)
 
 
 def _reset(handler: BaseHTTPRequestHandler) -> None:
