@@ -21,6 +21,7 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -61,12 +62,18 @@ COLD_FRAMES = [
 ]
 
 
+def py_spy() -> str | None:
+    """py-spy beside this interpreter (a venv's bin/, where ./dev bench installs it), or on PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.is_file() else shutil.which("py-spy")
+
+
 class Spy:
-    def __init__(self, pid: int, out: Path) -> None:
+    def __init__(self, executable: str, pid: int, out: Path) -> None:
         self.out = out
         self.process = subprocess.Popen(
             [
-                *("py-spy", "record", "--pid", str(pid), "--rate", "1000", "--format", "raw"),
+                *(executable, "record", "--pid", str(pid), "--rate", "1000", "--format", "raw"),
                 *("--threads", "--idle", "--native", "--output", str(out)),
             ],
             stdout=subprocess.DEVNULL,
@@ -137,12 +144,13 @@ def split(kubelet: Kubelet, driver: DriverProcess, reference: str, count: int) -
 def profile(
     kubelet: Kubelet, driver: DriverProcess, registry: Registry, reference: str, work: Path
 ) -> None:
-    if shutil.which("py-spy") is None:
+    executable = py_spy()
+    if executable is None:
         print("\npy-spy is not installed: no profile (pip install py-spy)")
         return
     assert driver.process is not None
     pods = [kubelet.new_pod(name=f"prof-{i}") for i in range(1500)]
-    spy = Spy(driver.process.pid, work / "warm.txt")
+    spy = Spy(executable, driver.process.pid, work / "warm.txt")
     for pod in pods:
         kubelet.publish(pod, {"url": reference})
     spy.stop()
@@ -159,7 +167,7 @@ def profile(
         ).reference
         for i in range(20)
     ]
-    spy = Spy(driver.process.pid, work / "cold.txt")
+    spy = Spy(executable, driver.process.pid, work / "cold.txt")
     for ref in refs:
         pod = kubelet.new_pod(name="cold")
         kubelet.publish(pod, {"url": ref})
