@@ -62,9 +62,16 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
+def _lines(path: Path) -> list[str]:
+    """mountinfo's lines. Only newline ends a line (the kernel escapes it in paths; it does
+    not escape \r or other line breaks), and paths need not be UTF-8: they decode as
+    ``os.fsdecode`` would, so they compare equal to ``os.fspath`` of the same path."""
+    return path.read_bytes().decode("utf-8", "surrogateescape").split("\n")
+
+
 def read_mountinfo(path: Path = MOUNTINFO) -> list[MountEntry]:
     entries = []
-    for line in path.read_text().splitlines():
+    for line in _lines(path):
         fields = line.split(" ")
         if len(fields) < 6:
             continue
@@ -175,7 +182,7 @@ def find_mount(target: Path, mountinfo: Path = MOUNTINFO) -> MountEntry | None:
     wanted = os.fspath(target)
     needle = f" {_escape(wanted)} "
     found = None
-    for line in mountinfo.read_text().splitlines():
+    for line in _lines(mountinfo):
         if needle not in line:
             continue
         fields = line.split(" ")

@@ -209,7 +209,13 @@ class NodeService:
                 f"target_path {target_path[:300]!r} is not under {self._pods_dir}; "
                 "csi-wasm only mounts into kubelet's pod directories (check --kubelet-dir)"
             )
-        return parent / path.name
+        target = parent / path.name
+        if target.is_symlink():
+            # mount(2) and umount(2) follow a link in the last component: refuse it.
+            raise InvalidArgument(
+                f"target_path {target_path[:300]!r} is a symbolic link; kubelet never makes one"
+            )
+        return target
 
 
 def _event_reason(error: CsiWasmError) -> str:

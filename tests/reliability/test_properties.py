@@ -295,12 +295,6 @@ def test_no_target_path_gives_internal_or_a_mount_outside_the_pods_dir(
             force_unmount(mount_point)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: csi_wasm/node.py NodeService._confine/_mount (and mounts.bind_read_only): "
-    "a symlink as the last component of target_path is followed by mount(2), so the "
-    "module is mounted wherever the link points, outside <kubelet-dir>/pods",
-)
 def test_symlink_at_the_target_is_not_followed(node: Node) -> None:
     target = node.volume_dir / "link-out"
     pod = PodVolume("p", "default", str(uuid.uuid4()), "wasm", target)
@@ -314,13 +308,6 @@ def test_symlink_at_the_target_is_not_followed(node: Node) -> None:
         force_unmount(node.outside)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: csi_wasm/mounts.py read_mountinfo/find_mount split /proc/self/mountinfo "
-    "with str.splitlines(), which also breaks at \\r, \\f, \\x85, \\u2028...; the kernel "
-    "does not escape those, so a mount at such a target is invisible: unpublish answers "
-    "INTERNAL (rmdir EBUSY) and the mount leaks",
-)
 def test_line_break_characters_in_the_target(node: Node) -> None:
     target = node.volume_dir / "odd\rname"
     pod = PodVolume("p", "default", str(uuid.uuid4()), "wasm", target)
@@ -344,12 +331,6 @@ find_mount(Path(base) / "anything")
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: csi_wasm/mounts.py reads /proc/self/mountinfo with Path.read_text() "
-    "(strict UTF-8): one mount anywhere on the node whose path is not UTF-8 makes every "
-    "find_mount/unmount raise UnicodeDecodeError, so every unpublish answers INTERNAL",
-)
 def test_a_non_utf8_mount_elsewhere_on_the_node(tmp_path: Path) -> None:
     """Run in a private mount namespace: the odd mount is never seen by anything else."""
     import subprocess  # noqa: PLC0415
