@@ -185,6 +185,20 @@ def _add_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
         "registry is asked again",
     )
     flag(
+        "--prefetch",
+        default=[],
+        action=_AppendOverEnvironment,
+        metavar="URL",
+        help="pull this module before any pod asks, and keep it cached while listed "
+        "(repeatable; an https URL takes '#sha256=<hex>')",
+    )
+    flag(
+        "--prefetch-configmap",
+        default=None,
+        metavar="NAMESPACE/NAME",
+        help="a ConfigMap whose key prefetch.json lists more modules to prefetch; watched",
+    )
+    flag(
         "--max-module-bytes",
         default=DEFAULT_MAX_MODULE_BYTES,
         type=parse_size,
@@ -235,7 +249,21 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
     return parser
 
 
+def _check_prefetch(args: argparse.Namespace) -> None:
+    """Refuse a bad --prefetch or --prefetch-configmap at start-up, as a usage error."""
+    from csi_wasm.prefetch import parse_configmap_ref, parse_prefetch_flag  # noqa: PLC0415
+
+    try:
+        for value in args.prefetch:
+            parse_prefetch_flag(value)
+        if args.prefetch_configmap:
+            parse_configmap_ref(args.prefetch_configmap)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def settings_from(args: argparse.Namespace) -> ServeSettings:
+    _check_prefetch(args)
     return ServeSettings(
         node=NodeSettings(
             node_id=args.node_id,
@@ -253,6 +281,8 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
             credential_recheck=args.credential_recheck,
         ),
         cache=cache_settings_from(args),
+        prefetch=tuple(args.prefetch),
+        prefetch_configmap=args.prefetch_configmap or None,
         endpoint=args.endpoint,
         metrics_address=args.metrics_address,
         log_level=args.log_level,

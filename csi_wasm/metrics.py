@@ -23,6 +23,8 @@ Metrics:
   reason: ``ttl`` (unused longer than ``--cache-ttl``), ``size`` (the cache was over
   ``--cache-max-bytes``) or ``disk`` (a pull needed free disk space).
 - ``csi_wasm_gc_freed_bytes_total`` (counter): bytes of modules evicted from the cache.
+- ``csi_wasm_prefetch_attempts_total{result}`` (counter): prefetches of listed modules,
+  ``success`` or ``failure`` (failures are retried with backoff).
 - ``csi_wasm_cache_bytes`` (gauge): bytes of modules held in the node cache.
 - ``csi_wasm_cache_modules`` (gauge): modules held in the node cache.
 - ``csi_wasm_published_volumes`` (gauge): volumes currently published to pods.
@@ -257,6 +259,12 @@ class Metrics:
             "Bytes of modules evicted from the cache.",
             registry=None,
         )
+        self._prefetches = Counter(
+            "csi_wasm_prefetch_attempts",
+            "Prefetches of listed modules, by result (success or failure).",
+            ["result"],
+            registry=None,
+        )
         build_info = Gauge(
             "csi_wasm_build_info",
             "Driver and Python versions; always 1.",
@@ -270,6 +278,8 @@ class Metrics:
         self._cache_lookups.labels(result="miss")
         for reason in sorted(_EVICTION_REASONS):
             self._evictions.labels(reason=reason)
+        for result in ("success", "failure"):
+            self._prefetches.labels(result=result)
 
         self._state = _StateCollector()
         self.registry.register(
@@ -283,6 +293,7 @@ class Metrics:
                     self._cache_lookups,
                     self._evictions,
                     self._freed_bytes,
+                    self._prefetches,
                     build_info,
                 ]
             )
@@ -325,6 +336,10 @@ class Metrics:
     def observe_cache_lookup(self, hit: bool) -> None:
         """Count one cache lookup by digest."""
         self._cache_lookups.labels(result="hit" if hit else "miss").inc()
+
+    def observe_prefetch(self, ok: bool) -> None:
+        """Count one prefetch attempt of a listed module."""
+        self._prefetches.labels(result="success" if ok else "failure").inc()
 
     def observe_eviction(self, reason: str, size_bytes: int) -> None:
         """Count one module evicted by garbage collection.

@@ -56,6 +56,8 @@ class ServeSettings:
     node: NodeSettings
     pull: PullSettings = field(default_factory=PullSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    prefetch: tuple[str, ...] = ()  # --prefetch values, checked by the CLI
+    prefetch_configmap: str | None = None  # NAMESPACE/NAME of the list to watch
     endpoint: str = "unix:///csi/csi.sock"
     metrics_address: str = ":9090"
     log_level: str = "info"

@@ -30,6 +30,12 @@ from csi_wasm.metrics import Metrics, MetricsServer, StateSnapshot, serve_metric
 from csi_wasm.mirrors import Mirrors, parse_mirror
 from csi_wasm.mounts import KernelMounter
 from csi_wasm.node import NodeService
+from csi_wasm.prefetch import (
+    ConfigMapWatcher,
+    Prefetcher,
+    parse_prefetch_flag,
+    watcher_from_environment,
+)
 from csi_wasm.puller import Puller
 from csi_wasm.reconcile import reconcile
 from csi_wasm.registry import Keychain, RegistryClient, RegistryOptions
@@ -88,10 +94,15 @@ class Driver:
     events: EventRecorder
     collector: CacheCollector
     gc: GcLoop
+    prefetcher: Prefetcher
+    watcher: ConfigMapWatcher | None = None
     metrics_server: MetricsServer | None = field(default=None)
 
     def stop(self, grace: float = 5.0) -> None:
         self.server.stop(grace).wait()
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.prefetcher.stop()
         self.gc.stop()
         self.events.close()
         if self.metrics_server is not None:
@@ -162,6 +173,7 @@ def start(settings: ServeSettings) -> Driver:
     server.start()
     gc = GcLoop(collector, settings.cache.gc_interval, log_report)
     gc.start()
+    prefetcher, watcher = _start_prefetch(settings, puller, collector, metrics)
     log.info(
         "serving",
         extra={
@@ -179,7 +191,27 @@ def start(settings: ServeSettings) -> Driver:
             }
         },
     )
-    return Driver(server, path, registry, metrics, events, collector, gc, metrics_server)
+    return Driver(
+        server, path, registry, metrics, events, collector, gc, prefetcher, watcher, metrics_server
+    )
+
+
+def _start_prefetch(
+    settings: ServeSettings, puller: Puller, collector: CacheCollector, metrics: Metrics
+) -> tuple[Prefetcher, ConfigMapWatcher | None]:
+    """Pull listed modules before pods ask; the collector never evicts them while listed."""
+    timeout = settings.pull.pull_timeout
+    prefetcher = Prefetcher(
+        lambda request: puller.get(request, None, wait=timeout).digest,
+        static=[parse_prefetch_flag(value) for value in settings.prefetch],
+        on_result=lambda _url, ok: metrics.observe_prefetch(ok),
+    )
+    collector.add_pin_source(prefetcher.pinned)
+    watcher = watcher_from_environment(settings.prefetch_configmap, prefetcher.set_dynamic)
+    prefetcher.start()
+    if watcher is not None:
+        watcher.start()
+    return prefetcher, watcher
 
 
 def serve(settings: ServeSettings) -> int:

@@ -189,6 +189,7 @@ def test_driver_container(helm: Path) -> None:
         "--kubelet-dir": ["/var/lib/kubelet"],
         "--driver-name": [DRIVER],
         "--metrics-address": [":9090"],
+        "--prefetch-configmap": ["csi-wasm/csi-wasm-prefetch"],
         "--log-level": ["info"],
     }
     assert driver["env"] == [
@@ -585,7 +586,7 @@ def test_readme_documents_every_value() -> None:
     documented = re.findall(r"^\| `([A-Za-z0-9_.]+)` \|", readme, flags=re.MULTILINE)
     keys = sorted(value_keys(VALUES, SCHEMA))
     assert sorted(documented) == keys
-    assert "<fullname>-prefetch" in readme and "later version" in readme
+    assert "<fullname>-prefetch" in readme and "--prefetch-configmap" in readme
 
 
 @pytest.mark.parametrize("values", [None, FULL], ids=["defaults", "full"])
