@@ -24,6 +24,8 @@ MS_NOEXEC = 0x8
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MNT_DETACH = 0x2
+UMOUNT_NOFOLLOW = 0x8
+_MAX_STACKED = 64  # mounts stacked at one target that unmount() removes before giving up
 
 READ_ONLY_OPTIONS = frozenset({"ro", "nosuid", "nodev", "noexec"})
 MOUNTINFO = Path("/proc/self/mountinfo")
@@ -236,19 +238,24 @@ def shows_read_only(source: Path, target: Path) -> bool:
 
 
 def unmount(target: Path) -> None:
-    """Remove every mount stacked at ``target``; a busy one is detached lazily."""
+    """Remove every mount stacked at ``target``; a busy one is detached lazily.
+
+    The kernel says when nothing is left (EINVAL: not a mount point; ENOENT or ENOTDIR:
+    no such path), so no mount table is read: at a thousand mounts reading mountinfo cost
+    ~5 ms a time. UMOUNT_NOFOLLOW refuses to follow a symlink at the target.
+    """
     dst = os.fsencode(target)
-    while find_mount(target) is not None:
-        if _libc.umount2(dst, 0) == 0:
+    for _ in range(_MAX_STACKED):
+        if _libc.umount2(dst, UMOUNT_NOFOLLOW) == 0:
             continue
         code = ctypes.get_errno()
-        if code == errno.EBUSY:
-            # The module is read-only content: detaching it lets the last reader finish.
-            _check(_libc.umount2(dst, MNT_DETACH), "unmount", target)
-        elif code == errno.EINVAL:
-            return  # not a mount point any more (raced with someone else)
-        else:
+        if code in (errno.EINVAL, errno.ENOENT, errno.ENOTDIR):
+            return
+        if code != errno.EBUSY:
             raise OSError(code, f"unmount {target}: {os.strerror(code)}")
+        # The module is read-only content: detaching it lets the last reader finish.
+        _check(_libc.umount2(dst, MNT_DETACH | UMOUNT_NOFOLLOW), "unmount", target)
+    raise OSError(errno.ELOOP, f"unmount {target}: more than {_MAX_STACKED} stacked mounts")
 
 
 class KernelMounter:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import prometheus_client
 import pytest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -281,6 +281,7 @@ def test_every_exposed_name_follows_the_contract(served: Served) -> None:
         "csi_wasm_cache_lookups",
         "csi_wasm_gc_evictions",
         "csi_wasm_gc_freed_bytes",
+        "csi_wasm_prefetch_attempts",
         "csi_wasm_build_info",
         *STATE_GAUGES,
     }
@@ -523,3 +524,16 @@ def test_negative_durations_count_as_zero() -> None:
     assert get_value("csi_wasm_operation_duration_seconds_sum", {"method": "Probe"}) == 0.0
     assert get_value("csi_wasm_pull_duration_seconds_sum") == 0.0
     assert get_value("csi_wasm_pull_bytes_total") == 0.0
+
+
+def test_prefetch_attempts_are_counted_by_result() -> None:
+    m = Metrics()
+    m.observe_prefetch(True)
+    m.observe_prefetch(False)
+    m.observe_prefetch(False)
+    families = {
+        f.name: f for f in text_string_to_metric_families(generate_latest(m.registry).decode())
+    }
+    assert {
+        s.labels["result"]: s.value for s in families["csi_wasm_prefetch_attempts"].samples
+    } == {"success": 1.0, "failure": 2.0}
