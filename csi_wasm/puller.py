@@ -540,14 +540,10 @@ class Puller:
         self, module_hex: str, manifest_digest: str | None, *, from_cache: bool
     ) -> PulledModule | None:
         """The stored module, pinned; None when it is not (or no longer) stored."""
-        if not self._store.pin(module_hex):
+        size = self._store.acquire(module_hex)
+        if size is None:
             return None
         path = self._store.module_dir(module_hex)
-        try:
-            size = (path / MODULE_FILE).stat().st_size
-        except FileNotFoundError:  # removed by another process (csi-wasm fsck)
-            self._store.unpin(module_hex)
-            return None
         return PulledModule(module_hex, path, size, manifest_digest, from_cache)
 
     def _stored_pinned(

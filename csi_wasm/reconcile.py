@@ -152,8 +152,11 @@ def _adoption(
     )
 
 
+_LOGGED_EACH = 20  # mounts adopted or unknown logged one by one; beyond that, counted
+
+
 def _log(report: ReconcileReport) -> None:
-    for record in report.adopted:
+    for record in report.adopted[:_LOGGED_EACH]:
         log.warning(
             "adopted a mount of ours that had no record",
             extra={
@@ -164,7 +167,7 @@ def _log(report: ReconcileReport) -> None:
                 }
             },
         )
-    for target in report.unknown_mounts:
+    for target in report.unknown_mounts[:_LOGGED_EACH]:
         log.warning(
             "a mount of one of our modules has no record and is not where kubelet puts "
             "inline volumes; left alone (garbage collection keeps its module)",
