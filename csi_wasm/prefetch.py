@@ -138,6 +138,8 @@ def parse_prefetch_list(text: str) -> tuple[list[PrefetchEntry], list[str]]:
         document = json.loads(text) if text.strip() else []
     except ValueError as error:
         return [], [f"{DEFAULT_KEY} is not valid JSON: {error}"]
+    except RecursionError:
+        return [], [f"{DEFAULT_KEY} is nested too deeply to be a list of modules"]
     if not isinstance(document, list):
         return [], [
             f"{DEFAULT_KEY} must be a JSON list of module urls or "

@@ -1184,3 +1184,9 @@ def test_importing_the_module_does_not_load_the_kubernetes_client() -> None:
         cwd=Path(prefetch.__file__).parents[1],
     )
     assert result.stdout.strip() == "False"
+
+
+def test_deeply_nested_json_is_a_problem_not_a_crash() -> None:
+    entries, problems = parse_prefetch_list("[" * 100_000)
+    assert entries == []
+    assert problems and "nested too deeply" in problems[0]
