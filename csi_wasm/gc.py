@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Protocol
 
 from csi_wasm.mounts import MOUNTINFO, MountTable
+from csi_wasm.puller import PulledModule
 from csi_wasm.settings import CacheSettings
 from csi_wasm.store import CachedModule, ModuleStore, is_sha256_hex
 from csi_wasm.volumes import VolumeRecords
@@ -297,6 +298,53 @@ class CacheCollector:
                 ):
                     continue
                 shutil.rmtree(directory / name, ignore_errors=True)
+
+
+class PinHandover:
+    """Holds the pins of modules fetched for a pin source until that source lists them.
+
+    :meth:`csi_wasm.puller.Puller.get` returns a pinned module; a pin source such as the
+    prefetch list records its digest a moment after the fetch returns. Releasing the
+    pin at once would leave a moment in which the collector sees neither. So a fetch
+    hands its module to :meth:`keep`, and the source is registered through
+    :meth:`listing`: each time the collector reads it, the pins of digests it now lists
+    are released (the listing protects them from then on), and so are pins that were
+    already held at the previous read (their fetch was dropped: no longer listed).
+    """
+
+    def __init__(self, release: Callable[[PulledModule], None]) -> None:
+        self._release = release
+        self._lock = threading.Lock()
+        self._held: list[tuple[PulledModule, int]] = []  # (module, reads seen while held)
+
+    def keep(self, module: PulledModule) -> str:
+        """Hold ``module``'s pin for the source; returns its digest."""
+        with self._lock:
+            self._held.append((module, 0))
+        return module.digest
+
+    def listing(self, source: PinSource) -> PinSource:
+        """``source`` as the collector should read it (see the class docstring)."""
+
+        def read() -> set[str]:
+            listed = {digest.removeprefix("sha256:") for digest in source()}
+            done, kept = [], []
+            with self._lock:
+                for module, reads in self._held:
+                    if module.digest in listed or reads:
+                        done.append(module)
+                    else:
+                        kept.append((module, reads + 1))
+                self._held = kept
+            for module in done:
+                self._release(module)
+            return listed
+
+        return read
+
+    def held(self) -> int:
+        with self._lock:
+            return len(self._held)
 
 
 def _disk_free(directory: Path) -> int:

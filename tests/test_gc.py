@@ -24,10 +24,12 @@ from csi_wasm.gc import (
     CacheCollector,
     GcLoop,
     GcReport,
+    PinHandover,
     choose_victims,
     gc_command,
 )
 from csi_wasm.mounts import bind_read_only, unmount
+from csi_wasm.puller import PulledModule
 from csi_wasm.settings import CacheSettings
 from csi_wasm.store import MODULE_FILE, CachedModule, ModuleStore
 from csi_wasm.volumes import VolumeRecord, VolumeRecords
@@ -410,3 +412,28 @@ def test_gc_command_prints_what_it_frees(node: Node, tmp_path: Path) -> None:
 
     assert gc_command(tmp_path / "nothing-here", settings, out=lines.append) == 2
     assert "holds no module cache" in lines[-1]
+
+
+def test_pin_handover_keeps_a_fetched_module_pinned_until_listed(node: Node) -> None:
+    listed_later = node.module("listed-later")
+    dropped = node.module("dropped")
+    listed: set[str] = set()
+    handover = PinHandover(lambda module: node.store.unpin(module.digest))
+    source = handover.listing(lambda: set(listed))
+    for module_hex in (listed_later, dropped):
+        node.store.pin(module_hex)  # what Puller.get returned
+        size = node.store.module_dir(module_hex).joinpath(MODULE_FILE).stat().st_size
+        module = PulledModule(module_hex, node.store.module_dir(module_hex), size, None, True)
+        assert handover.keep(module) == module_hex
+
+    assert source() == set()  # the prefetcher has not recorded them yet: still pinned
+    assert node.store.pinned() == {listed_later, dropped}
+    listed.add("sha256:" + listed_later)
+    assert source() == {listed_later}
+    # listed now: its pin is released (the listing protects it); the other was dropped
+    assert node.store.pinned() == set()
+    assert handover.held() == 0
+
+    collector = node.collector(max_bytes=1)
+    collector.add_pin_source(source)
+    assert [e.digest for e in collector.collect().evicted] == [dropped]

@@ -25,7 +25,7 @@ from csi_wasm import __version__
 from csi_wasm._proto import csi_pb2_grpc
 from csi_wasm.access import AccessRecords
 from csi_wasm.events import EventRecorder, recorder_from_environment
-from csi_wasm.gc import CacheCollector, GcLoop, log_report
+from csi_wasm.gc import CacheCollector, GcLoop, PinHandover, log_report
 from csi_wasm.metrics import Metrics, MetricsServer, StateSnapshot, serve_metrics
 from csi_wasm.mirrors import Mirrors, parse_mirror
 from csi_wasm.mounts import KernelMounter
@@ -201,12 +201,14 @@ def _start_prefetch(
 ) -> tuple[Prefetcher, ConfigMapWatcher | None]:
     """Pull listed modules before pods ask; the collector never evicts them while listed."""
     timeout = settings.pull.pull_timeout
+    # A fetch returns a pinned module: its pin is held until the prefetcher lists it.
+    handover = PinHandover(puller.release)
     prefetcher = Prefetcher(
-        lambda request: puller.get(request, None, wait=timeout).digest,
+        lambda request: handover.keep(puller.get(request, None, wait=timeout)),
         static=[parse_prefetch_flag(value) for value in settings.prefetch],
         on_result=lambda _url, ok: metrics.observe_prefetch(ok),
     )
-    collector.add_pin_source(prefetcher.pinned)
+    collector.add_pin_source(handover.listing(prefetcher.pinned))
     watcher = watcher_from_environment(settings.prefetch_configmap, prefetcher.set_dynamic)
     prefetcher.start()
     if watcher is not None:

@@ -24,6 +24,7 @@ from support.registry import Registry
 from support.wasm import make_module
 
 from csi_wasm.mounts import find_mount, unmount
+from csi_wasm.prefetch import PrefetchEntry
 from csi_wasm.settings import CacheSettings, ServeSettings
 
 KIB = 1024
@@ -365,3 +366,26 @@ def test_a_full_disk_evicts_unused_modules_and_is_exhausted_only_when_nothing_ca
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "disk is full" in message and "no unused module can be evicted" in message
         assert (pod.target / "plugin.wasm").read_bytes() == second  # in use: never evicted
+
+
+# prefetch pins
+
+
+def test_a_prefetched_module_is_kept_while_listed_and_evictable_once_unlisted(
+    node_dirs: NodeDirs, registry: Registry, unique_repo: str
+) -> None:
+    pushed = push_wasm_artifact(registry, unique_repo, "v1", make_module(4 * KIB, "listed"))
+    settings = settings_with(node_dirs, registry, max_bytes=1, gc_interval=3600)
+    module_dir = node_dirs.root / "modules" / pushed.module_sha256
+    with in_process(node_dirs, settings) as (driver, _):
+        driver.prefetcher.set_dynamic([PrefetchEntry(pushed.reference)])
+        wait_for(
+            lambda: driver.prefetcher.pinned() == {pushed.module_sha256},
+            what="the module to be prefetched",
+        )
+        for _ in range(3):  # the fetch's pin is handed over to the listing, not leaked
+            driver.collector.collect()
+            assert module_dir.is_dir()
+        driver.prefetcher.set_dynamic([])
+        driver.collector.collect()
+        assert not module_dir.exists()
