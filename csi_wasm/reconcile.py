@@ -6,7 +6,8 @@ The driver may have been upgraded under running pods, killed, or the node reboot
 * temp files of interrupted pulls are removed (``tmp/``);
 * a volume record whose target is no longer mounted is dropped (a reboot, or someone
   unmounted it): nothing shows that volume, kubelet publishes it again if the pod
-  still runs;
+  still runs. Its module counts as used until now (garbage collection's time unused
+  starts here, not at the last publish before the reboot);
 * a mount under ``<kubelet-dir>/pods`` that shows one of our modules but has no record
   (e.g. a crash between the mount and a record rewrite, or records lost with a
   rebuilt ``--root`` whose modules were kept) is *adopted*: a record is written
@@ -85,6 +86,8 @@ def reconcile(
             dropped.append(record)
         else:
             kept.add(record.target_path)
+    for module in {record.module for record in dropped if record.module}:
+        store.touch(module)  # used until the mount went: its time unused starts now
 
     ours = [
         source

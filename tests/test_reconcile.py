@@ -74,6 +74,7 @@ def test_mounted_records_stay_unmounted_ones_go(
     publish(store, records, kept, module_hex)
     publish(store, records, rebooted, module_hex)
     unmount(rebooted.target)  # the reboot (or a human)
+    os.utime(store.module_dir(module_hex), (1_000_000, 1_000_000))  # published long ago
 
     report = reconcile(store, records, node_dirs.kubelet_dir / "pods")
 
@@ -82,6 +83,8 @@ def test_mounted_records_stay_unmounted_ones_go(
     assert records.get(kept.volume_id) is not None
     assert report.records == 1
     assert report.adopted == () and report.unknown_mounts == ()
+    # used until the reboot: its time unused starts now, not at that old publish
+    assert store.module_dir(module_hex).stat().st_mtime > 1_000_000
 
 
 def test_a_mount_of_ours_without_record_is_adopted(
