@@ -34,6 +34,7 @@ from csi_wasm.registry.options import RegistryOptions
 from csi_wasm.registry.transport import (
     CHUNK_SIZE,
     Transport,
+    content_length,
     host_of,
     new_session,
     read_bounded,
@@ -110,7 +111,7 @@ class RegistryClient:
             if response.status_code == 404:
                 raise self._manifest_not_found(ref, response, deadline, what)
             self._expect_ok(ref, response, what)
-            declared = _content_length(response)
+            declared = content_length(response)
             if declared is not None and declared > limit:
                 raise _manifest_too_large(ref, f"{declared} bytes", limit)
             body = read_bounded(response, limit, deadline, self.options.read_timeout, what)
@@ -172,7 +173,7 @@ class RegistryClient:
                     "the manifest names a layer the registry does not have, push the module again"
                 )
             self._expect_ok(ref, response, what)
-            declared = _content_length(response)
+            declared = content_length(response)
             if declared is not None and declared > limit:
                 raise _too_large(ref, f"{declared} bytes", limit)
             if declared is not None and declared > expected_size:
@@ -313,17 +314,6 @@ def _denied(ref: Reference, credentials: Credentials | None) -> PermissionDenied
 
 def _short(digest: str) -> str:
     return digest[:19]
-
-
-def _content_length(response: requests.Response) -> int | None:
-    value = response.headers.get("Content-Length")
-    if value is None:
-        return None
-    try:
-        length = int(value.strip())
-    except ValueError:
-        return None
-    return length if length >= 0 else None
 
 
 def _media_type(content_type: str) -> str:

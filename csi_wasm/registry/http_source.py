@@ -21,17 +21,14 @@ query string or user info: a signed URL's query is a credential.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import requests
-import urllib3.exceptions
 
 from csi_wasm.deadline import Deadline
 from csi_wasm.errors import (
-    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -39,7 +36,13 @@ from csi_wasm.errors import (
     Unavailable,
 )
 from csi_wasm.registry.client import RegistryClient
-from csi_wasm.registry.transport import CHUNK_SIZE, Transport, describe_failure, host_of
+from csi_wasm.registry.transport import (
+    CHUNK_SIZE,
+    Transport,
+    content_length,
+    host_of,
+    read_some,
+)
 
 __all__ = ["HttpSourceClient", "display_url"]
 
@@ -116,7 +119,7 @@ class HttpSourceClient:
             ) from None
         try:
             _check_status(response, shown)
-            declared = _content_length(response)
+            declared = content_length(response)
             if declared is not None and declared > limit:
                 raise _too_large(shown, f"it announces {declared} bytes", limit)
             return self._stream_into(
@@ -177,9 +180,8 @@ class HttpSourceClient:
         read_timeout = self._transport.options.read_timeout
         written = 0
         while True:
-            chunk = _read_raw(
-                response, min(CHUNK_SIZE, limit + 1 - written), deadline, read_timeout, what
-            )
+            amount = min(CHUNK_SIZE, limit + 1 - written)
+            chunk = read_some(response, amount, deadline, read_timeout, what, decode=False)
             if not chunk:
                 break
             if written + len(chunk) > limit:
@@ -216,59 +218,6 @@ def _check_status(response: requests.Response, shown: str) -> None:
         f"{host} answered HTTP {status} for the module {shown} (expected 200); check "
         "volume attribute 'url' and the server"
     )
-
-
-def _read_raw(
-    response: requests.Response,
-    amount: int,
-    deadline: Deadline,
-    read_timeout: float,
-    what: str,
-) -> bytes:
-    """Up to ``amount`` body bytes as sent (not decoded), b"" at the end.
-
-    Like :func:`~csi_wasm.registry.transport.read_some`, but without decoding: the
-    socket timeout is tightened to what is left of the deadline before every read.
-    """
-    host = host_of(response.url)
-    deadline.check(f"{what} from {host}")
-    _set_socket_timeout(response, min(read_timeout, max(deadline.remaining(), 0.001)))
-    try:
-        return response.raw.read1(amount, decode_content=False)
-    except urllib3.exceptions.ReadTimeoutError as exc:
-        if deadline.expired():
-            raise DeadlineExceeded(
-                f"timed out while {what} from {host}; check the server's reachability "
-                "and speed, or raise --pull-timeout"
-            ) from exc
-        raise Unavailable(
-            f"{host} stopped sending data for {read_timeout:g}s while {what}; kubelet will retry"
-        ) from exc
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise Unavailable(
-            f"{host} broke off the transfer while {what} ({describe_failure(exc)}); "
-            "the body is truncated, kubelet will retry"
-        ) from exc
-
-
-def _set_socket_timeout(response: requests.Response, seconds: float) -> None:
-    connection = getattr(response.raw, "connection", None)
-    sock = getattr(connection, "sock", None)
-    settimeout = getattr(sock, "settimeout", None)
-    if settimeout is not None:
-        with contextlib.suppress(OSError):  # already closed: the read will say so
-            settimeout(seconds)
-
-
-def _content_length(response: requests.Response) -> int | None:
-    value = response.headers.get("Content-Length")
-    if value is None:
-        return None
-    try:
-        length = int(value.strip())
-    except ValueError:
-        return None
-    return length if length >= 0 else None
 
 
 def _too_large(shown: str, size: str, limit: int) -> FailedPrecondition:

@@ -43,6 +43,7 @@ __all__ = [
     "CHUNK_SIZE",
     "MAX_REDIRECTS",
     "Transport",
+    "content_length",
     "describe_failure",
     "host_of",
     "new_session",
@@ -314,18 +315,23 @@ def read_some(
     deadline: Deadline,
     read_timeout: float,
     what: str,
+    *,
+    decode: bool = True,
 ) -> bytes:
     """Read up to ``amount`` body bytes, returning as soon as any arrive (b"" at the end).
 
     The socket timeout is tightened to what is left of the deadline before every
     read, so neither a stalled nor a trickling server can outlast the deadline.
+    ``decode=False`` returns the bytes as sent, even if the server compressed them
+    (a module URL's body is sniffed by the caller).
     """
     host = host_of(response.url)
     deadline.check(f"{what} from {host}")
     _set_socket_timeout(response, min(read_timeout, max(deadline.remaining(), 0.001)))
     try:
-        # Decoded: a proxy may gzip a manifest; urllib3 bounds the inflated size by amount.
-        return response.raw.read1(amount, decode_content=True)
+        # Decoded by default: a proxy may gzip a manifest; urllib3 bounds the inflated
+        # size by amount.
+        return response.raw.read1(amount, decode_content=decode)
     except urllib3.exceptions.ReadTimeoutError as exc:
         if deadline.expired():
             raise DeadlineExceeded(
@@ -338,8 +344,20 @@ def read_some(
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise Unavailable(
             f"{host} broke off the transfer while {what} ({describe_failure(exc)}); "
-            "kubelet will retry"
+            "the body is truncated, kubelet will retry"
         ) from exc
+
+
+def content_length(response: requests.Response) -> int | None:
+    """The Content-Length a response announces, if it is a sane number."""
+    value = response.headers.get("Content-Length")
+    if value is None:
+        return None
+    try:
+        length = int(value.strip())
+    except ValueError:
+        return None
+    return length if length >= 0 else None
 
 
 def read_bounded(
