@@ -27,8 +27,6 @@ room and the pull is retried once.
 
 from __future__ import annotations
 
-import errno
-import io
 import logging
 import os
 import threading
@@ -66,7 +64,7 @@ from csi_wasm.formats import (
     sniff_unpack,
 )
 from csi_wasm.formats.body import unpack_body
-from csi_wasm.formats.tarball import extract_plugin
+from csi_wasm.formats.tarball import extract_plugin, is_disk_full
 from csi_wasm.formats.wasm import HEADER_SIZE
 from csi_wasm.mirrors import Mirrors
 from csi_wasm.reference import Reference
@@ -82,7 +80,7 @@ from csi_wasm.settings import PullSettings
 from csi_wasm.store import MODULE_FILE, ModuleStore, storage_error
 
 if TYPE_CHECKING:
-    from typing_extensions import Buffer
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -416,10 +414,8 @@ class Puller:
             body.flush()
             body.seek(0)
             with self._store.temp_file() as (module_path, module_fd):
-                with _ModuleWriter(module_fd) as out:
-                    module_hex, _ = out.guard(
-                        lambda: unpack_body(body, out, limit=limit, where=where)
-                    )
+                with os.fdopen(module_fd, "wb", closefd=False) as out:
+                    module_hex, _ = unpack_body(body, out, limit=limit, where=where)
                     out.flush()
                 _check_sha256(pull.sha256, module_hex, (), where)
                 self._commit(module_path, module_hex)
@@ -523,8 +519,11 @@ class Puller:
         self, blob: BinaryIO, sha256: str | None, digests: Sequence[str], where: str
     ) -> str:
         limit = self._settings.max_module_bytes
-        with self._store.temp_file() as (module_path, module_fd), _ModuleWriter(module_fd) as out:
-            module_hex, _ = out.guard(lambda: extract_plugin(blob, out, limit=limit, where=where))
+        with (
+            self._store.temp_file() as (module_path, module_fd),
+            os.fdopen(module_fd, "wb", closefd=False) as out,
+        ):
+            module_hex, _ = extract_plugin(blob, out, limit=limit, where=where)
             out.flush()
             _check_sha256(sha256, module_hex, digests, where)
             self._commit(module_path, module_hex)
@@ -567,9 +566,7 @@ def _hex(digest: str) -> str:
 
 
 def _disk_full(error: BaseException) -> bool:
-    if isinstance(error, ResourceExhausted):
-        return True
-    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(error, ResourceExhausted) or is_disk_full(error)
 
 
 def _vanished(module_hex: str) -> Unavailable:
@@ -577,34 +574,6 @@ def _vanished(module_hex: str) -> Unavailable:
         f"module sha256:{module_hex} was removed from the cache while being published "
         "(csi-wasm gc or fsck running?); kubelet's retry will fetch it again"
     )
-
-
-class _ModuleWriter(io.BufferedWriter):
-    """A module's temp file that remembers a failed write.
-
-    The format readers report any OSError inside an archive as a damaged archive;
-    :meth:`guard` turns one that was really ours (a full disk) back into the OSError,
-    so it becomes RESOURCE_EXHAUSTED and not FAILED_PRECONDITION.
-    """
-
-    def __init__(self, fd: int) -> None:
-        super().__init__(io.FileIO(fd, "wb", closefd=False))  # the store's temp_file closes it
-        self.write_error: OSError | None = None
-
-    def write(self, data: Buffer) -> int:
-        try:
-            return super().write(data)
-        except OSError as error:
-            self.write_error = self.write_error or error
-            raise
-
-    def guard(self, unpack: Callable[[], T]) -> T:
-        try:
-            return unpack()
-        except FailedPrecondition:
-            if self.write_error is not None:
-                raise self.write_error from None
-            raise
 
 
 def _check_sha256(

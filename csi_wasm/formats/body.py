@@ -11,7 +11,13 @@ import zlib
 from typing import BinaryIO
 
 from csi_wasm.errors import FailedPrecondition
-from csi_wasm.formats.tarball import GZIP_MAGIC, BoundedReader, copy_module, extract_plugin
+from csi_wasm.formats.tarball import (
+    GZIP_MAGIC,
+    BoundedReader,
+    copy_module,
+    extract_plugin,
+    is_disk_full,
+)
 from csi_wasm.formats.wasm import WASM_MAGIC
 
 
@@ -26,6 +32,8 @@ def unpack_body(body: BinaryIO, out: BinaryIO, *, limit: int, where: str) -> tup
             try:
                 return copy_module(BoundedReader(inflated, limit, where), out, where)
             except (OSError, EOFError, zlib.error) as error:
+                if is_disk_full(error):
+                    raise
                 raise FailedPrecondition(f"{where} is a damaged gzip stream ({error})") from None
     return extract_plugin(body, out, limit=limit, where=where)
 

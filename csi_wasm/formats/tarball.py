@@ -7,6 +7,7 @@ and the decompressed stream are bounded.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import posixpath
@@ -75,12 +76,18 @@ def extract_plugin(blob: BinaryIO, out: BinaryIO, *, limit: int, where: str) -> 
                     break
                 return copy_module(handle, out, where)
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError) as error:
+        if is_disk_full(error):
+            raise  # our disk, not the archive: the caller frees room or reports it
         raise FailedPrecondition(f"{where} is not a readable tar archive ({error})") from error
     if links:
         raise FailedPrecondition(
             f"{where} has no regular plugin.wasm: found {', '.join(links)}; links are not followed"
         )
     raise FailedPrecondition(f"{where} does not contain a file named plugin.wasm")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _refuse_unsafe_name(name: str, where: str) -> None:

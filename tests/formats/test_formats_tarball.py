@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import gzip
 import hashlib
@@ -300,3 +301,15 @@ def test_truncated_inside_plugin() -> None:
     blob = make_layer_tar({"plugin.wasm": module})
     message = refused(blob[: len(blob) // 2])
     assert "is not a readable tar archive" in message
+
+
+class _FullDisk(io.BytesIO):
+    def write(self, data: object) -> int:  # type: ignore[override]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_is_not_blamed_on_the_archive() -> None:
+    layer = io.BytesIO(gzip_bytes(make_layer_tar({"plugin.wasm": make_module(4096, "full")})))
+    with pytest.raises(OSError) as caught:
+        extract_plugin(layer, _FullDisk(), limit=1 << 20, where="ref")
+    assert caught.value.errno == errno.ENOSPC
