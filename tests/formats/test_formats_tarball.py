@@ -304,7 +304,7 @@ def test_truncated_inside_plugin() -> None:
 
 
 class _FullDisk(io.BytesIO):
-    def write(self, data: object) -> int:  # type: ignore[override]
+    def write(self, data: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
 
