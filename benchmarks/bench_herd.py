@@ -12,16 +12,13 @@ single cold publish (goal: within 1.5x).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
-from support.driver import DriverProcess, NodeDirs, connect
+from loopback import loopback_node
+from support.driver import connect
 from support.kubelet import Kubelet
 from support.oci import push_wasm_artifact
 from support.registry import Registry
@@ -68,21 +65,9 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=5, help="rounds (medians are reported)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="csi-wasm-bench-") as work:
-        base = Path(work)
-        registry = Registry(base / "registry").start()
-        dirs = NodeDirs(base / "node")
-        driver = DriverProcess(dirs, ["--insecure-registry", registry.host]).start()
-        try:
-            with connect(dirs) as kubelet:
-                machine = " ".join(platform.uname()[i] for i in (0, 2, 4))
-                print(f"csi-wasm herd benchmark: {machine}, {os.cpu_count()} cores, loopback")
-                for size_mib in args.size_mib:
-                    run(kubelet, registry, size_mib, args.pods, args.rounds)
-        finally:
-            driver.terminate()
-            dirs.cleanup_mounts()
-            registry.stop()
+    with loopback_node("csi-wasm herd benchmark") as node, connect(node.dirs) as kubelet:
+        for size_mib in args.size_mib:
+            run(kubelet, node.registry, size_mib, args.pods, args.rounds)
 
 
 def run(kubelet: Kubelet, registry: Registry, size_mib: int, pods: int, rounds: int) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import platform
 import statistics
 import subprocess
 import tempfile
@@ -24,7 +23,8 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from support.driver import DriverProcess, NodeDirs, connect
+from loopback import loopback_node
+from support.driver import NodeDirs, connect
 from support.kubelet import Kubelet
 from support.oci import push_wasm_artifact
 from support.registry import Registry
@@ -148,22 +148,10 @@ def main() -> None:
     parser.add_argument("--warm", type=int, default=200, help="warm publishes")
     parser.add_argument("--rounds", type=int, default=5, help="cold publishes per size")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="csi-wasm-bench-") as work:
-        base = Path(work)
-        registry = Registry(base / "registry").start()
-        dirs = NodeDirs(base / "node")
-        driver = DriverProcess(dirs, ["--insecure-registry", registry.host]).start()
-        try:
-            with connect(dirs) as kubelet:
-                machine = " ".join(platform.uname()[i] for i in (0, 2, 4))
-                print(f"csi-wasm benchmarks: {machine}, {os.cpu_count()} cores, loopback registry")
-                warm(kubelet, registry, dirs, args.warm)
-                for size in (4, 64):
-                    cold(kubelet, registry, size, args.rounds)
-        finally:
-            driver.terminate()
-            dirs.cleanup_mounts()
-            registry.stop()
+    with loopback_node("csi-wasm benchmarks") as node, connect(node.dirs) as kubelet:
+        warm(kubelet, node.registry, node.dirs, args.warm)
+        for size in (4, 64):
+            cold(kubelet, node.registry, size, args.rounds)
 
 
 if __name__ == "__main__":

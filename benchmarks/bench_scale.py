@@ -17,19 +17,16 @@ In one run, against one driver process:
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+from loopback import loopback_node
 from support.driver import DriverProcess, NodeDirs, connect
 from support.kubelet import Kubelet
 from support.oci import push_wasm_artifact
-from support.registry import Registry
 from support.wasm import make_module
 
 from csi_wasm._proto import csi_pb2, csi_pb2_grpc
@@ -113,40 +110,29 @@ def main() -> None:
     parser.add_argument("--volumes", type=int, default=1000, help="volumes kept published")
     parser.add_argument("--samples", type=int, default=200, help="timed publish cycles")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="csi-wasm-bench-") as work:
-        base = Path(work)
-        registry = Registry(base / "registry").start()
-        dirs = NodeDirs(base / "node")
-        driver = DriverProcess(dirs, ["--insecure-registry", registry.host]).start()
-        try:
-            machine = " ".join(platform.uname()[i] for i in (0, 2, 4))
-            print(f"csi-wasm scale benchmark: {machine}, {os.cpu_count()} cores, loopback")
-            pushed = push_wasm_artifact(registry, "bench/scale", "v1", make_module(64 * 1024, "s"))
-            attributes = {"url": pushed.reference}
-            with connect(dirs) as kubelet:
-                kubelet.publish(kubelet.new_pod(name="first"), attributes)  # fill the cache
-                rss_one = rss_mb(driver.process.pid)  # type: ignore[union-attr]
-                one_pub, one_unpub = cycles(kubelet, attributes, args.samples)
-                module_dir = next((dirs.root / "modules").iterdir())
-                one_bare, one_bare_umount = bare_mounts(kubelet, module_dir, args.samples)
-                started = time.perf_counter()
-                kept = [kubelet.new_pod(name=f"kept-{i}") for i in range(args.volumes)]
-                for pod in kept:
-                    kubelet.publish(pod, attributes)
-                fill = time.perf_counter() - started
-                many_pub, many_unpub = cycles(kubelet, attributes, args.samples)
-                many_bare, many_bare_umount = bare_mounts(kubelet, module_dir, args.samples)
-                rss_many = rss_mb(driver.process.pid)  # type: ignore[union-attr]
-                republish = kubelet.publish_request(kept[0], attributes)
-            ready, published = restart(driver, dirs, republish)
-            rss_restarted = rss_mb(driver.process.pid)  # type: ignore[union-attr]
-            with connect(dirs) as kubelet:
-                for pod in kept:
-                    kubelet.unpublish(pod)
-        finally:
-            driver.terminate()
-            dirs.cleanup_mounts()
-            registry.stop()
+    with loopback_node("csi-wasm scale benchmark") as node:
+        pushed = push_wasm_artifact(node.registry, "bench/scale", "v1", make_module(64 * 1024, "s"))
+        attributes = {"url": pushed.reference}
+        with connect(node.dirs) as kubelet:
+            kubelet.publish(kubelet.new_pod(name="first"), attributes)  # fill the cache
+            rss_one = rss_mb(node.driver.process.pid)  # type: ignore[union-attr]
+            one_pub, one_unpub = cycles(kubelet, attributes, args.samples)
+            module_dir = next((node.dirs.root / "modules").iterdir())
+            one_bare, one_bare_umount = bare_mounts(kubelet, module_dir, args.samples)
+            started = time.perf_counter()
+            kept = [kubelet.new_pod(name=f"kept-{i}") for i in range(args.volumes)]
+            for pod in kept:
+                kubelet.publish(pod, attributes)
+            fill = time.perf_counter() - started
+            many_pub, many_unpub = cycles(kubelet, attributes, args.samples)
+            many_bare, many_bare_umount = bare_mounts(kubelet, module_dir, args.samples)
+            rss_many = rss_mb(node.driver.process.pid)  # type: ignore[union-attr]
+            republish = kubelet.publish_request(kept[0], attributes)
+        ready, published = restart(node.driver, node.dirs, republish)
+        rss_restarted = rss_mb(node.driver.process.pid)  # type: ignore[union-attr]
+        with connect(node.dirs) as kubelet:
+            for pod in kept:
+                kubelet.unpublish(pod)
     n = args.volumes
     print(f"\nscale: {n} published volumes, {args.samples} timed cycles each (ms)")
     print(f"  {'':44}{'p50':>9}{'p99':>9}")

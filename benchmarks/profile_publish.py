@@ -22,11 +22,11 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from support.driver import DriverProcess, NodeDirs, connect
+from loopback import loopback_node
+from support.driver import DriverProcess, connect
 from support.kubelet import Kubelet
 from support.oci import push_wasm_artifact
 from support.registry import Registry
@@ -183,21 +183,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=500, help="calls for the RPC split")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="csi-wasm-bench-") as work:
-        base = Path(work)
-        registry = Registry(base / "registry").start()
-        dirs = NodeDirs(base / "node")
-        driver = DriverProcess(dirs, ["--insecure-registry", registry.host]).start()
-        try:
-            pushed = push_wasm_artifact(registry, "prof/warm", "v1", make_module(64 * 1024, "w"))
-            with connect(dirs) as kubelet:
-                kubelet.publish(kubelet.new_pod(name="fill"), {"url": pushed.reference})
-                split(kubelet, driver, pushed.reference, args.count)
-                profile(kubelet, driver, registry, pushed.reference, base)
-        finally:
-            driver.terminate()
-            dirs.cleanup_mounts()
-            registry.stop()
+    with loopback_node("csi-wasm profile") as node:
+        reference = push_wasm_artifact(
+            node.registry, "prof/warm", "v1", make_module(64 * 1024, "w")
+        ).reference
+        with connect(node.dirs) as kubelet:
+            kubelet.publish(kubelet.new_pod(name="fill"), {"url": reference})
+            split(kubelet, node.driver, reference, args.count)
+            profile(kubelet, node.driver, node.registry, reference, node.base)
 
 
 if __name__ == "__main__":
