@@ -44,16 +44,7 @@ class Process:
             sys.executable,
             str(CRASHING_DRIVER),
             "serve",
-            "--endpoint",
-            self.dirs.endpoint,
-            "--node-id",
-            "node-1",
-            "--root",
-            str(self.dirs.root),
-            "--kubelet-dir",
-            str(self.dirs.kubelet_dir),
-            "--metrics-address",
-            "",
+            *self.dirs.serve_flags(),
             *self.extra_args,
         ]
         env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}

@@ -50,6 +50,16 @@ class NodeDirs:
             metrics_address="",
         )
 
+    def serve_flags(self) -> list[str]:
+        """`csi-wasm serve` flags for this node (metrics off: tests scrape in-process)."""
+        return [
+            "--endpoint", self.endpoint,
+            "--node-id", "node-1",
+            "--root", str(self.root),
+            "--kubelet-dir", str(self.kubelet_dir),
+            "--metrics-address", "",
+        ]  # fmt: skip
+
     def cleanup_mounts(self) -> None:
         for mount_point in sorted(mounts_under(self.base), reverse=True):
             unmount(Path(mount_point))
@@ -104,16 +114,7 @@ class DriverProcess:
             "-m",
             "csi_wasm",
             "serve",
-            "--endpoint",
-            self.dirs.endpoint,
-            "--node-id",
-            "node-1",
-            "--root",
-            str(self.dirs.root),
-            "--kubelet-dir",
-            str(self.dirs.kubelet_dir),
-            "--metrics-address",
-            "",
+            *self.dirs.serve_flags(),
             *self.extra_args,
         ]
         log = self.log_path.open("ab")
