@@ -10,10 +10,10 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from csi_wasm.cache.store import is_sha256_hex
 from csi_wasm.errors import InvalidArgument
 from csi_wasm.reference import Reference, parse_reference
 from csi_wasm.registry.http_source import display_url
-from csi_wasm.store import is_sha256_hex
 
 URL = "url"
 SHA256 = "sha256"

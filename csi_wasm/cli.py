@@ -251,7 +251,8 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
 
 def _check_prefetch(args: argparse.Namespace) -> None:
     """Refuse a bad --prefetch or --prefetch-configmap at start-up, as a usage error."""
-    from csi_wasm.prefetch import parse_configmap_ref, parse_prefetch_flag  # noqa: PLC0415
+    from csi_wasm.kube.configmap import parse_configmap_ref  # noqa: PLC0415
+    from csi_wasm.prefetch import parse_prefetch_flag  # noqa: PLC0415
 
     try:
         for value in args.prefetch:
@@ -302,12 +303,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "gc":
         logs.configure(args.log_level)
-        from csi_wasm.gc import gc_command  # noqa: PLC0415 - keep --help fast
+        from csi_wasm.cache.gc import gc_command  # noqa: PLC0415 - keep --help fast
 
         return gc_command(Path(args.root), cache_settings_from(args), dry_run=args.dry_run)
     if args.command == "fsck":
         logs.configure(args.log_level)
-        from csi_wasm.fsck import fsck_command  # noqa: PLC0415 - keep --help fast
+        from csi_wasm.cache.fsck import fsck_command  # noqa: PLC0415 - keep --help fast
 
         return fsck_command(Path(args.root))
     try:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from csi_wasm import attributes
+from csi_wasm.cache.volumes import VolumeRecord, VolumeRecords
 from csi_wasm.errors import (
     Aborted,
     AlreadyExists,
@@ -29,7 +30,7 @@ from csi_wasm.errors import (
     InvalidArgument,
     Unavailable,
 )
-from csi_wasm.events import (
+from csi_wasm.kube.events import (
     REASON_FAILED_PULL,
     REASON_INVALID_MODULE,
     EventRecorder,
@@ -39,7 +40,6 @@ from csi_wasm.locks import VolumeLocks
 from csi_wasm.mounts import READ_ONLY_OPTIONS, MountEntry
 from csi_wasm.puller import PulledModule
 from csi_wasm.registry import Keychain
-from csi_wasm.volumes import VolumeRecord, VolumeRecords
 
 
 class Mounter(Protocol):

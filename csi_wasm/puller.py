@@ -18,7 +18,7 @@ Credentials: the pod's pull secret for a registry, else the node's
 counts as available to all pods, as kubelet treats images pulled with them.
 
 Pins: :meth:`Puller.get` returns a module *pinned* in the store (see
-:mod:`csi_wasm.store`); the caller calls :meth:`Puller.release` once a volume record
+:mod:`csi_wasm.cache.store`); the caller calls :meth:`Puller.release` once a volume record
 names it, or on failure. A finished download holds its own pin until every request
 waiting on it has taken one, so garbage collection cannot come between the commit
 and the mount. When the disk fills up during a pull, the collector is asked for
@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar
 
 from csi_wasm.access import AccessRecords
 from csi_wasm.attributes import HttpSource, ModuleRequest, PullPolicy
+from csi_wasm.cache.store import MODULE_FILE, ModuleStore, storage_error
 from csi_wasm.deadline import Deadline
 from csi_wasm.errors import (
     CsiWasmError,
@@ -77,7 +78,6 @@ from csi_wasm.registry import (
     display_url,
 )
 from csi_wasm.settings import PullSettings
-from csi_wasm.store import MODULE_FILE, ModuleStore, storage_error
 
 if TYPE_CHECKING:
     pass
@@ -142,7 +142,7 @@ class PullObserver(Protocol):
 
 
 class CacheSpace(Protocol):
-    """Makes room in the cache (the collector, :class:`csi_wasm.gc.CacheCollector`)."""
+    """Makes room in the cache (the collector, :class:`csi_wasm.cache.gc.CacheCollector`)."""
 
     def reserve(self, incoming: int) -> None:
         """Evict unused modules so that ``incoming`` more bytes fit the cache budget."""

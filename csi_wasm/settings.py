@@ -28,7 +28,7 @@ class PullSettings:
 
 @dataclass(frozen=True)
 class CacheSettings:
-    """How the module cache is kept bounded (see :mod:`csi_wasm.gc`)."""
+    """How the module cache is kept bounded (see :mod:`csi_wasm.cache.gc`)."""
 
     max_bytes: int = DEFAULT_CACHE_MAX_BYTES  # unused modules are evicted above this
     ttl: float = DEFAULT_CACHE_TTL_SECONDS  # and when unused for longer than this

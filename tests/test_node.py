@@ -20,14 +20,14 @@ from support.wasm import make_module
 
 from csi_wasm.access import AccessRecords
 from csi_wasm.attributes import ModuleRequest, PodInfo
+from csi_wasm.cache.store import ModuleStore
+from csi_wasm.cache.volumes import VolumeRecords
 from csi_wasm.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from csi_wasm.mounts import KernelMounter
 from csi_wasm.node import NodeService, PublishRequest
 from csi_wasm.puller import PulledModule, Puller
 from csi_wasm.registry import Keychain, RegistryClient, RegistryOptions
 from csi_wasm.settings import PullSettings
-from csi_wasm.store import ModuleStore
-from csi_wasm.volumes import VolumeRecords
 
 
 @dataclass

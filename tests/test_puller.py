@@ -21,11 +21,11 @@ from support.wasm import make_module
 
 from csi_wasm.access import AccessRecords
 from csi_wasm.attributes import parse_attributes
+from csi_wasm.cache.store import ModuleStore
 from csi_wasm.errors import DeadlineExceeded, ResourceExhausted
 from csi_wasm.puller import Puller
 from csi_wasm.registry import RegistryClient, RegistryOptions
 from csi_wasm.settings import PullSettings
-from csi_wasm.store import ModuleStore
 
 KIB = 1024
 

@@ -1,8 +1,8 @@
 """Run the driver: build the parts, serve gRPC on a unix socket, stop cleanly on SIGTERM.
 
 Before the socket opens, the records are reconciled with the mount table (see
-:mod:`csi_wasm.reconcile`); once serving, a background thread garbage-collects the
-cache every ``--gc-interval`` (see :mod:`csi_wasm.gc`).
+:mod:`csi_wasm.cache.reconcile`); once serving, a background thread garbage-collects the
+cache every ``--gc-interval`` (see :mod:`csi_wasm.cache.gc`).
 
 On SIGTERM the socket is removed and the process exits; published volumes stay
 mounted, so running pods never notice a restart or an upgrade of the driver.
@@ -24,26 +24,22 @@ import grpc
 from csi_wasm import __version__
 from csi_wasm._proto import csi_pb2_grpc
 from csi_wasm.access import AccessRecords
-from csi_wasm.events import EventRecorder, recorder_from_environment
-from csi_wasm.gc import CacheCollector, GcLoop, PinHandover, log_report
+from csi_wasm.cache.gc import CacheCollector, GcLoop, PinHandover, log_report
+from csi_wasm.cache.reconcile import reconcile
+from csi_wasm.cache.store import ModuleStore
+from csi_wasm.cache.volumes import VolumeRecords
+from csi_wasm.kube.configmap import ConfigMapWatcher, watcher_from_environment
+from csi_wasm.kube.events import EventRecorder, recorder_from_environment
 from csi_wasm.metrics import Metrics, MetricsServer, StateSnapshot, serve_metrics
 from csi_wasm.mirrors import Mirrors, parse_mirror
 from csi_wasm.mounts import KernelMounter
 from csi_wasm.node import NodeService
-from csi_wasm.prefetch import (
-    ConfigMapWatcher,
-    Prefetcher,
-    parse_prefetch_flag,
-    watcher_from_environment,
-)
+from csi_wasm.prefetch import Prefetcher, parse_prefetch_flag
 from csi_wasm.puller import Puller
-from csi_wasm.reconcile import reconcile
 from csi_wasm.registry import Keychain, RegistryClient, RegistryOptions
 from csi_wasm.server.identity import IdentityServicer
 from csi_wasm.server.node import NodeServicer
 from csi_wasm.settings import ServeSettings
-from csi_wasm.store import ModuleStore
-from csi_wasm.volumes import VolumeRecords
 
 log = logging.getLogger(__name__)
 

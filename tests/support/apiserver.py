@@ -1,4 +1,4 @@
-"""A fake Kubernetes API server that knows core/v1 Events, for tests of csi_wasm.events.
+"""A fake Kubernetes API server that knows core/v1 Events, for tests of csi_wasm.kube.events.
 
 It listens on 127.0.0.1 (a port the kernel picks), records every request (method, path,
 headers, JSON body) and answers the way the API server does:

@@ -1,4 +1,4 @@
-"""Tests of csi_wasm.volumes: one crash-safe JSON record per published volume."""
+"""Tests of csi_wasm.cache.volumes: one crash-safe JSON record per published volume."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from csi_wasm.volumes import VolumeRecord, VolumeRecords
+from csi_wasm.cache.volumes import VolumeRecord, VolumeRecords
 
 MODULE_HEX = "ab" * 32
 

@@ -1,4 +1,4 @@
-"""Tests of csi_wasm.store: the content-addressed module cache on a real filesystem."""
+"""Tests of csi_wasm.cache.store: the content-addressed module cache on a real filesystem."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from support.wasm import make_module
 
+from csi_wasm.cache.store import MODULE_FILE, ModuleStore, is_sha256_hex, storage_error
 from csi_wasm.errors import ResourceExhausted
-from csi_wasm.store import MODULE_FILE, ModuleStore, is_sha256_hex, storage_error
 
 MANIFEST_HEX = "ab" * 32
 MANIFEST_DIGEST = f"sha256:{MANIFEST_HEX}"

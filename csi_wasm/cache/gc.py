@@ -4,7 +4,7 @@ A module is *in use*, and never evicted, while any of these holds it:
 
 * a volume record names it (a pod shows it);
 * it is pinned in memory (a publish picked it and has not written its record yet; see
-  :mod:`csi_wasm.store`), or was pinned at any time during this collection;
+  :mod:`csi_wasm.cache.store`), or was pinned at any time during this collection;
 * a pin source lists it (``add_pin_source``: the prefetch list);
 * a bind mount shows it (read from mountinfo: a mount without a record, e.g. one
   still being adopted, is in use all the same).
@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from csi_wasm.cache.store import CachedModule, ModuleStore, is_sha256_hex
+from csi_wasm.cache.volumes import VolumeRecords
 from csi_wasm.mounts import MOUNTINFO, MountTable
 from csi_wasm.puller import PulledModule
 from csi_wasm.settings import CacheSettings
-from csi_wasm.store import CachedModule, ModuleStore, is_sha256_hex
-from csi_wasm.volumes import VolumeRecords
 
 log = logging.getLogger(__name__)
 

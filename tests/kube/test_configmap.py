@@ -1,8 +1,6 @@
-"""Tests of csi_wasm.prefetch: the prefetch list, the prefetcher and the ConfigMap watcher.
+"""Tests of csi_wasm.kube.configmap: following the prefetch ConfigMap with list+watch.
 
-The prefetcher is driven through its seams: a fake ``fetch`` and a fake time whose
-``wait`` lets a test advance the clock and wait until the worker has nothing left to
-do. The watcher talks to a fake API server (``support.apiserver``) through the real
+The watcher talks to a fake API server (``support.apiserver``) through the real
 ``kubernetes`` client, so paths, queries and the chunked watch stream are what a
 cluster would see.
 """
@@ -31,19 +29,19 @@ from support.apiserver import (
     self_signed,
 )
 
-from csi_wasm import __version__, prefetch
+import csi_wasm
+from csi_wasm import __version__
 from csi_wasm.attributes import ModuleRequest
-from csi_wasm.errors import DigestMismatch, NotFound, Unavailable
-from csi_wasm.logs import JsonFormatter
-from csi_wasm.prefetch import (
+from csi_wasm.kube.configmap import (
     ConfigMapWatcher,
     CoreV1ConfigMapApi,
+    parse_configmap_ref,
+    watcher_from_environment,
+)
+from csi_wasm.logs import JsonFormatter
+from csi_wasm.prefetch import (
     PrefetchEntry,
     Prefetcher,
-    parse_configmap_ref,
-    parse_prefetch_flag,
-    parse_prefetch_list,
-    watcher_from_environment,
 )
 
 HEX_A = "a" * 64
@@ -66,135 +64,6 @@ def warnings_in(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 # --- the list -------------------------------------------------------------------------
-
-
-def test_a_list_of_strings_and_objects() -> None:
-    text = json.dumps(
-        [
-            "oci://ghcr.io/acme/filters/add-header:v1.2.0",
-            "ghcr.io/acme/bare:v1",
-            {"url": "oci://ghcr.io/acme/pinned:v2", "sha256": HEX_A},
-            {"url": "https://wasm.example.com/authz.wasm", "sha256": f"sha256:{HEX_B}"},
-            {"url": "ghcr.io/acme/moving:v3", "imagePullPolicy": "Always"},
-            {"url": "ghcr.io/acme/null-sha:v1", "sha256": None},
-        ]
-    )
-
-    entries, problems = parse_prefetch_list(text)
-
-    assert problems == []
-    assert entries == [
-        PrefetchEntry("oci://ghcr.io/acme/filters/add-header:v1.2.0"),
-        PrefetchEntry("ghcr.io/acme/bare:v1"),
-        PrefetchEntry("oci://ghcr.io/acme/pinned:v2", HEX_A),
-        PrefetchEntry("https://wasm.example.com/authz.wasm", f"sha256:{HEX_B}"),
-        PrefetchEntry("ghcr.io/acme/moving:v3", None, "Always"),
-        PrefetchEntry("ghcr.io/acme/null-sha:v1"),
-    ]
-    assert entries[3].request().sha256 == HEX_B
-
-
-@pytest.mark.parametrize("text", ["", "  \n", "[]"])
-def test_an_empty_list(text: str) -> None:
-    assert parse_prefetch_list(text) == ([], [])
-
-
-def test_bad_json_is_one_problem() -> None:
-    entries, problems = parse_prefetch_list('["oci://ghcr.io/a/b:v1",')
-    assert entries == []
-    [problem] = problems
-    assert "prefetch.json is not valid JSON" in problem
-    assert "\n" not in problem
-
-
-@pytest.mark.parametrize(
-    ("document", "kind"),
-    [
-        ({"url": "oci://ghcr.io/a/b:v1"}, "object"),
-        ("oci://ghcr.io/a/b:v1", "string"),
-        (3, "number"),
-    ],
-)
-def test_a_document_that_is_not_a_list_is_one_problem(document: object, kind: str) -> None:
-    entries, problems = parse_prefetch_list(json.dumps(document))
-    assert entries == []
-    [problem] = problems
-    assert "must be a JSON list" in problem
-    assert f"not a {kind}" in problem
-
-
-def test_bad_entries_are_skipped_with_one_problem_each() -> None:
-    text = json.dumps(
-        [
-            "oci://ghcr.io/acme/good:v1",
-            "oci://GHCR.io/Acme/Bad:v1",
-            42,
-            {"url": 1},
-            {"sha256": HEX_A},
-            {"url": "ghcr.io/acme/f:v1", "tag": "v2"},
-            {"url": "ghcr.io/acme/f:v1", "sha256": "nothex"},
-            {"url": "ghcr.io/acme/f:v1", "imagePullPolicy": "Never"},
-            "ftp://example.com/f.wasm",
-            "",
-            {"url": "ghcr.io/acme/also-good:v1"},
-        ]
-    )
-
-    entries, problems = parse_prefetch_list(text)
-
-    assert entries == [
-        PrefetchEntry("oci://ghcr.io/acme/good:v1"),
-        PrefetchEntry("ghcr.io/acme/also-good:v1"),
-    ]
-    assert len(problems) == 9
-    assert [p.split(" skipped:")[0] for p in problems] == [f"entry {i}" for i in range(1, 10)]
-    assert all("\n" not in p for p in problems)
-    assert "not a number" in problems[1]
-    assert "'url' must be a string" in problems[2]
-    assert "'url' is required" in problems[3]
-    assert "unknown field(s) 'tag'" in problems[4]
-    assert "sha256" in problems[5]
-    assert "imagePullPolicy" in problems[6]
-    assert "scheme 'ftp'" in problems[7]
-
-
-def test_an_https_url_without_sha256_is_a_problem() -> None:
-    text = json.dumps(
-        [f"https://wasm.example.com/f.wasm?X-Signature={SIGNATURE}", {"url": "https://x.test/g"}]
-    )
-
-    entries, problems = parse_prefetch_list(text)
-
-    assert entries == []
-    assert len(problems) == 2
-    assert all("'sha256' is required" in p for p in problems)
-    assert SIGNATURE not in "".join(problems)
-
-
-def test_a_prefetch_flag_takes_a_url_and_an_optional_sha256() -> None:
-    assert parse_prefetch_flag("oci://ghcr.io/a/b:v1") == PrefetchEntry("oci://ghcr.io/a/b:v1")
-    assert parse_prefetch_flag(" ghcr.io/a/b ") == PrefetchEntry("ghcr.io/a/b")
-    assert parse_prefetch_flag(f"https://x.test/f.wasm#sha256={HEX_A}") == PrefetchEntry(
-        "https://x.test/f.wasm", HEX_A
-    )
-
-
-@pytest.mark.parametrize(
-    ("flag", "says"),
-    [
-        (f"https://x.test/f.wasm?sig={SIGNATURE}", "'sha256' is required"),
-        ("https://x.test/f.wasm#sha256=nothex", "not a sha256"),
-        ("oci://Bad Ref", "--prefetch 'oci://Bad Ref'"),
-    ],
-)
-def test_a_bad_prefetch_flag_is_a_value_error(flag: str, says: str) -> None:
-    with pytest.raises(ValueError, match="--prefetch") as info:
-        parse_prefetch_flag(flag)
-    assert says in str(info.value)
-    assert SIGNATURE not in str(info.value)
-
-
-# --- the prefetcher: seams ------------------------------------------------------------
 
 
 class FakeTime:
@@ -310,316 +179,6 @@ def make_prefetcher(fake_time: FakeTime) -> Iterator[Callable[..., Prefetcher]]:
 
 
 # --- the prefetcher -------------------------------------------------------------------
-
-
-def test_every_listed_module_is_fetched_and_pinned(
-    fake_time: FakeTime, make_prefetcher: Callable[..., Prefetcher]
-) -> None:
-    fetch = FakeFetch({A: [HEX_A], B: [HEX_B], PINNED: [HEX_D]}, fake_time)
-    results: list[tuple[str, bool]] = []
-    prefetcher = make_prefetcher(
-        fetch,
-        static=[PrefetchEntry(f"oci://{A}")],
-        on_result=lambda url, ok: results.append((url, ok)),
-    )
-    assert prefetcher.status() == {f"oci://{A}": "pending"}
-    assert prefetcher.counts() == {"ready": 0, "failing": 0, "pending": 1}
-
-    fake_time.settle(prefetcher.start)
-    fake_time.settle(lambda: prefetcher.set_dynamic([PrefetchEntry(B), PrefetchEntry(PINNED)]))
-
-    assert fetch.sources() == [A, B, PINNED]
-    assert prefetcher.pinned() == {HEX_A, HEX_B, HEX_D}
-    assert prefetcher.status() == {
-        f"oci://{A}": f"ready {HEX_A}",
-        B: f"ready {HEX_B}",
-        PINNED: f"ready {HEX_D}",
-    }
-    assert prefetcher.counts() == {"ready": 3, "failing": 0, "pending": 0}
-    assert results == [(f"oci://{A}", True), (B, True), (PINNED, True)]
-    assert fake_time.timeouts[-1] is None  # nothing can move: nothing more to do, ever
-
-
-def test_the_same_module_listed_twice_is_fetched_once(
-    fake_time: FakeTime, make_prefetcher: Callable[..., Prefetcher]
-) -> None:
-    fetch = FakeFetch({A: [HEX_A]}, fake_time)
-    prefetcher = make_prefetcher(fetch, static=[PrefetchEntry(f"oci://{A}")])
-    fake_time.settle(prefetcher.start)
-    fake_time.settle(lambda: prefetcher.set_dynamic([PrefetchEntry(A), PrefetchEntry(A)]))
-
-    assert fetch.sources() == [A]
-    assert prefetcher.status() == {f"oci://{A}": f"ready {HEX_A}"}
-
-
-def test_failures_are_retried_with_growing_backoff(
-    fake_time: FakeTime,
-    make_prefetcher: Callable[..., Prefetcher],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.DEBUG, logger="csi_wasm.prefetch")
-    down = Unavailable("registry ghcr.io answered 503; retry later")
-    fetch = FakeFetch({A: [down, down, down, down, HEX_A]}, fake_time)
-    results: list[bool] = []
-    prefetcher = make_prefetcher(
-        fetch, static=[PrefetchEntry(A)], on_result=lambda _url, ok: results.append(ok)
-    )
-    start = fake_time.now
-
-    fake_time.settle(prefetcher.start)
-    assert prefetcher.status() == {A: f"retrying in 5s: {down.message}"}
-    assert prefetcher.counts() == {"ready": 0, "failing": 1, "pending": 0}
-    assert prefetcher.pinned() == set()
-    fake_time.advance(4)
-    assert len(fetch.calls) == 1
-    assert prefetcher.status() == {A: f"retrying in 1s: {down.message}"}
-    for _ in range(4):
-        fake_time.advance(fake_time.timeouts[-1] or 0)
-
-    assert [when - start for _, when in fetch.calls] == [0, 5, 15, 35, 75]
-    assert prefetcher.status() == {A: f"ready {HEX_A}"}
-    assert prefetcher.pinned() == {HEX_A}
-    assert results == [False, False, False, False, True]
-    # The same failure is a warning once, then debug; the recovery is logged.
-    assert warnings_in(caplog) == ["cannot prefetch module; will retry"]
-    assert "failed_attempts" in logged_text(caplog)
-
-
-def test_the_backoff_is_capped_and_jittered(
-    fake_time: FakeTime, make_prefetcher: Callable[..., Prefetcher]
-) -> None:
-    fetch = FakeFetch({A: [NotFound("tag v1 not found")]}, fake_time)
-    draws = iter([0.0, 0.0, 0.0, 0.0, 0.5, 0.999])
-    prefetcher = make_prefetcher(
-        fetch,
-        static=[PrefetchEntry(A)],
-        backoff_initial=5.0,
-        backoff_max=12.0,
-        jitter=lambda: next(draws),
-    )
-    fake_time.settle(prefetcher.start)
-    delays = [fake_time.timeouts[-1]]
-    for _ in range(5):
-        fake_time.advance(fake_time.timeouts[-1] or 0)
-        delays.append(fake_time.timeouts[-1])
-
-    # 5, 10, then the 12 s cap; a draw of r takes up to half off: 12 * (1 - r / 2).
-    assert delays == pytest.approx([5.0, 10.0, 12.0, 12.0, 9.0, 6.006])
-
-
-def test_an_unexpected_error_is_retried_and_does_not_stop_the_worker(
-    fake_time: FakeTime,
-    make_prefetcher: Callable[..., Prefetcher],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    fetch = FakeFetch({A: [RuntimeError("bug"), HEX_A], B: [HEX_B]}, fake_time)
-    prefetcher = make_prefetcher(fetch, static=[PrefetchEntry(A), PrefetchEntry(B)])
-
-    fake_time.settle(prefetcher.start)
-    assert prefetcher.status() == {
-        A: "retrying in 5s: internal error (RuntimeError)",
-        B: f"ready {HEX_B}",
-    }
-    assert any(r.exc_info for r in caplog.records)  # the traceback of a bug is logged
-    fake_time.advance(5)
-    assert prefetcher.status()[A] == f"ready {HEX_A}"
-
-
-def test_pinned_holds_digests_only_while_listed(
-    fake_time: FakeTime, make_prefetcher: Callable[..., Prefetcher]
-) -> None:
-    fetch = FakeFetch({A: [HEX_A], B: [HEX_B], PINNED: [HEX_D]}, fake_time)
-    prefetcher = make_prefetcher(fetch, static=[PrefetchEntry(A)])
-    fake_time.settle(prefetcher.start)
-    fake_time.settle(lambda: prefetcher.set_dynamic([PrefetchEntry(B), PrefetchEntry(PINNED)]))
-    assert prefetcher.pinned() == {HEX_A, HEX_B, HEX_D}
-
-    fake_time.settle(lambda: prefetcher.set_dynamic([PrefetchEntry(B)]))
-    assert prefetcher.pinned() == {HEX_A, HEX_B}
-    fake_time.settle(lambda: prefetcher.set_dynamic([]))
-    assert prefetcher.pinned() == {HEX_A}  # a --prefetch flag stays listed
-    assert set(prefetcher.status()) == {A}
-
-    # Listed again: fetched again (from the cache, in the driver) and pinned again.
-    fake_time.settle(lambda: prefetcher.set_dynamic([PrefetchEntry(B)]))
-    assert fetch.sources() == [A, B, PINNED, B]
-    assert prefetcher.pinned() == {HEX_A, HEX_B}
-
-
-def test_an_entry_removed_from_the_list_is_no_longer_retried(
-    fake_time: FakeTime, make_prefetcher: Callable[..., Prefetcher]
-) -> None:
-    fetch = FakeFetch({A: [Unavailable("registry down")], B: [HEX_B]}, fake_time)
-    prefetcher = make_prefetcher(fetch)
-    fake_time.settle(prefetcher.start)
-    fake_time.settle(lambda: prefetcher.set_dynamic([PrefetchEntry(A), PrefetchEntry(B)]))
-    fake_time.advance(5)
-    assert fetch.sources() == [A, B, A]
-
-    fake_time.settle(lambda: prefetcher.set_dynamic([PrefetchEntry(B)]))
-    fake_time.advance(3600)
-
-    assert fetch.sources() == [A, B, A]
-    assert prefetcher.status() == {B: f"ready {HEX_B}"}
-    assert prefetcher.counts() == {"ready": 1, "failing": 0, "pending": 0}
-
-
-def test_a_fetch_finishing_after_its_entry_was_removed_is_dropped(
-    fake_time: FakeTime, make_prefetcher: Callable[..., Prefetcher]
-) -> None:
-    fetch = FakeFetch({A: [HEX_A]}, fake_time)
-    gate = threading.Event()
-    fetch.gates[A] = gate
-    prefetcher = make_prefetcher(fetch)
-    prefetcher.start()
-    prefetcher.set_dynamic([PrefetchEntry(A)])
-    assert fetch.entered.wait(10)
-
-    prefetcher.set_dynamic([])  # does not wait for the fetch
-    fake_time.settle(gate.set)
-
-    assert prefetcher.pinned() == set()
-    assert prefetcher.status() == {}
-
-
-def test_moving_tags_are_refreshed_and_a_moved_tag_is_pinned_anew(
-    fake_time: FakeTime, make_prefetcher: Callable[..., Prefetcher]
-) -> None:
-    fetch = FakeFetch(
-        {A: [HEX_A], B: [HEX_B, HEX_C], LATEST: [HEX_C, HEX_D], PINNED: [HEX_D]}, fake_time
-    )
-    prefetcher = make_prefetcher(
-        fetch,
-        refresh=600.0,
-        static=[
-            PrefetchEntry(A),  # a tag other than latest: IfNotPresent, fetched once
-            PrefetchEntry(B, image_pull_policy="Always"),
-            PrefetchEntry(LATEST),  # no tag: Always
-            PrefetchEntry(PINNED),  # a digest never moves
-        ],
-    )
-    fake_time.settle(prefetcher.start)
-    assert prefetcher.pinned() == {HEX_A, HEX_B, HEX_C, HEX_D}
-    assert fake_time.timeouts[-1] == 600.0
-
-    fake_time.advance(599)
-    assert len(fetch.calls) == 4
-    fake_time.advance(1)
-
-    assert fetch.sources() == [A, B, LATEST, PINNED, B, LATEST]
-    assert prefetcher.status() == {
-        A: f"ready {HEX_A}",
-        B: f"ready {HEX_C}",
-        LATEST: f"ready {HEX_D}",
-        PINNED: f"ready {HEX_D}",
-    }
-    assert prefetcher.pinned() == {HEX_A, HEX_C, HEX_D}  # B's old module is unpinned
-    fake_time.advance(600)
-    assert fetch.sources()[6:] == [B, LATEST]
-
-
-def test_a_failed_refresh_keeps_the_module_pinned_and_retries(
-    fake_time: FakeTime, make_prefetcher: Callable[..., Prefetcher]
-) -> None:
-    down = Unavailable("registry down")
-    fetch = FakeFetch({LATEST: [HEX_C, down, HEX_C]}, fake_time)
-    prefetcher = make_prefetcher(fetch, refresh=600.0, static=[PrefetchEntry(LATEST)])
-    fake_time.settle(prefetcher.start)
-
-    fake_time.advance(600)
-    assert prefetcher.pinned() == {HEX_C}
-    assert prefetcher.status() == {LATEST: "retrying in 5s: registry down"}
-    fake_time.advance(5)
-    assert prefetcher.status() == {LATEST: f"ready {HEX_C}"}
-    assert fake_time.timeouts[-1] == 600.0
-
-
-def test_a_wrong_digest_is_retried_too(
-    fake_time: FakeTime, make_prefetcher: Callable[..., Prefetcher]
-) -> None:
-    # A final error for a pod (the module is not what was promised) may be fixed by a
-    # push: the prefetcher keeps trying, slowly.
-    wrong = DigestMismatch(f"sha256 mismatch for {A}: expected {HEX_B}, but the module is {HEX_A}")
-    fetch = FakeFetch({A: [wrong]}, fake_time)
-    prefetcher = make_prefetcher(fetch, static=[PrefetchEntry(A, HEX_B)])
-    fake_time.settle(prefetcher.start)
-    fake_time.advance(5)
-    assert len(fetch.calls) == 2
-    assert prefetcher.status()[A].startswith("retrying in 10s: sha256 mismatch")
-
-
-def test_invalid_entries_are_logged_and_skipped(
-    fake_time: FakeTime,
-    make_prefetcher: Callable[..., Prefetcher],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    fetch = FakeFetch({A: [HEX_A]}, fake_time)
-    prefetcher = make_prefetcher(fetch, static=[PrefetchEntry("oci://Bad Ref")])
-    fake_time.settle(prefetcher.start)
-    fake_time.settle(
-        lambda: prefetcher.set_dynamic(
-            [PrefetchEntry(f"https://x.test/f.wasm?sig={SIGNATURE}"), PrefetchEntry(A)]
-        )
-    )
-
-    assert prefetcher.status() == {A: f"ready {HEX_A}"}
-    assert warnings_in(caplog) == ["prefetch entry skipped", "prefetch entry skipped"]
-    assert SIGNATURE not in logged_text(caplog)
-
-
-def test_a_signed_url_is_shown_without_its_query(
-    fake_time: FakeTime,
-    make_prefetcher: Callable[..., Prefetcher],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.DEBUG, logger="csi_wasm.prefetch")
-    url = f"https://x.test/f.wasm?sig={SIGNATURE}"
-    fetch = FakeFetch({url: [Unavailable("x.test answered 503"), HEX_A]}, fake_time)
-    seen: list[str] = []
-    prefetcher = make_prefetcher(
-        fetch, static=[PrefetchEntry(url, HEX_A)], on_result=lambda u, _ok: seen.append(u)
-    )
-    fake_time.settle(prefetcher.start)
-    fake_time.advance(5)
-
-    assert prefetcher.status() == {"https://x.test/f.wasm": f"ready {HEX_A}"}
-    assert seen == ["https://x.test/f.wasm"] * 2
-    assert SIGNATURE not in logged_text(caplog)
-
-
-def test_stop_ends_the_worker_thread_while_it_waits() -> None:
-    # The real clock and wait: the worker waits 600 s for a retry; stop wakes it.
-    calls: list[str] = []
-    called = threading.Event()
-
-    def fetch(request: ModuleRequest) -> str:
-        calls.append(str(request.source))
-        called.set()
-        raise Unavailable("registry down")
-
-    before = set(threading.enumerate())
-    prefetcher = Prefetcher(fetch, static=[PrefetchEntry(A)], backoff_initial=600.0)
-    prefetcher.start()
-    prefetcher.start()  # once only
-    assert called.wait(10)
-    [worker] = [t for t in set(threading.enumerate()) - before if t.name == "prefetch"]
-    assert worker.daemon
-
-    started = time.monotonic()
-    prefetcher.stop(timeout=10)
-
-    assert not worker.is_alive()
-    assert time.monotonic() - started < 5
-    assert calls == [A]
-
-
-def test_stop_before_start_and_twice_is_harmless() -> None:
-    prefetcher = Prefetcher(lambda _request: HEX_A)
-    prefetcher.stop()
-    prefetcher.stop()
-
-
-# --- the watcher: seams ---------------------------------------------------------------
 
 
 def core_v1_api(url: str, **settings: Any) -> object:
@@ -966,7 +525,7 @@ def test_api_errors_back_off_and_are_logged_once(
     make_watcher: Callable[..., ConfigMapWatcher],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="csi_wasm.prefetch")
+    caplog.set_level(logging.DEBUG, logger="csi_wasm.kube.configmap")
     server.put_configmap(NS, NAME, listed([A]))
     server.fail_next(500, times=4)
 
@@ -1175,18 +734,15 @@ def test_in_a_cluster_the_watcher_uses_the_service_account(
 
 
 def test_importing_the_module_does_not_load_the_kubernetes_client() -> None:
-    code = "import sys, csi_wasm.prefetch; print('kubernetes' in sys.modules)"
+    code = (
+        "import sys, csi_wasm.kube.configmap, csi_wasm.prefetch\n"
+        "print('kubernetes' in sys.modules)"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code],
         check=True,
         capture_output=True,
         text=True,
-        cwd=Path(prefetch.__file__).parents[1],
+        cwd=Path(csi_wasm.__file__).parents[1],
     )
     assert result.stdout.strip() == "False"
-
-
-def test_deeply_nested_json_is_a_problem_not_a_crash() -> None:
-    entries, problems = parse_prefetch_list("[" * 100_000)
-    assert entries == []
-    assert problems and "nested too deeply" in problems[0]

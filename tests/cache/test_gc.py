@@ -1,4 +1,4 @@
-"""Tests of csi_wasm.gc: which modules are evicted, and that in-use ones never are.
+"""Tests of csi_wasm.cache.gc: which modules are evicted, and that in-use ones never are.
 
 Real store on disk, real volume records; module ages are set with utime and the
 collector gets a fixed clock.
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from support.wasm import make_module
 
-from csi_wasm.gc import (
+from csi_wasm.cache.gc import (
     REASON_DISK,
     REASON_SIZE,
     REASON_TTL,
@@ -28,11 +28,11 @@ from csi_wasm.gc import (
     choose_victims,
     gc_command,
 )
+from csi_wasm.cache.store import MODULE_FILE, CachedModule, ModuleStore
+from csi_wasm.cache.volumes import VolumeRecord, VolumeRecords
 from csi_wasm.mounts import bind_read_only, unmount
 from csi_wasm.puller import PulledModule
 from csi_wasm.settings import CacheSettings
-from csi_wasm.store import MODULE_FILE, CachedModule, ModuleStore
-from csi_wasm.volumes import VolumeRecord, VolumeRecords
 
 NOW = 2_000_000_000.0
 DAY = 86400.0

@@ -6,7 +6,7 @@ Layout (everything the driver owns lives below the root)::
     index/manifests/<sha256 hex>       manifest digest -> module digest
     index/refs/<sha256 of ref>         tag reference -> manifest digest (serves IfNotPresent)
     tmp/                               downloads in progress; emptied at start-up
-    trash/<hex>.<token>                modules being evicted (see :mod:`csi_wasm.gc`)
+    trash/<hex>.<token>                modules being evicted (see :mod:`csi_wasm.cache.gc`)
     quarantine/<hex>.<time>            modules that failed ``csi-wasm fsck``
     .lock                              flock'ed by whoever evicts or quarantines modules
 

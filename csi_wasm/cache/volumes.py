@@ -30,7 +30,7 @@ class VolumeRecord:
     module: str  # sha256 hex of the published plugin.wasm
     pod: str  # namespace/name, for logs and events
     # Written at start-up for a mount of ours found without a record: the url is not
-    # known (see csi_wasm.reconcile).
+    # known (see csi_wasm.cache.reconcile).
     adopted: bool = False
 
     def same_request(self, other: VolumeRecord) -> bool:

@@ -1,4 +1,4 @@
-"""Tests of csi_wasm.fsck: damaged modules are quarantined, mounts of them keep working."""
+"""Tests of csi_wasm.cache.fsck: damaged modules are quarantined, mounts of them keep working."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from support.wasm import make_module
 
-from csi_wasm.fsck import check_store, fsck_command
+from csi_wasm.cache.fsck import check_store, fsck_command
+from csi_wasm.cache.store import MODULE_FILE, ModuleStore
 from csi_wasm.mounts import bind_read_only, unmount
-from csi_wasm.store import MODULE_FILE, ModuleStore
 
 
 @pytest.fixture

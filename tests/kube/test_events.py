@@ -1,4 +1,4 @@
-"""Tests of csi_wasm.events: Events on the pod, sent in the background, aggregated.
+"""Tests of csi_wasm.kube.events: Events on the pod, sent in the background, aggregated.
 
 The recorder talks to a fake API server (``support.apiserver``) through the real
 ``kubernetes`` client, so paths, verbs, headers and bodies are what a cluster would see.
@@ -23,9 +23,10 @@ from kubernetes import client
 from kubernetes.config import incluster_config
 from support.apiserver import SECRET_IN_ERRORS, FakeApiServer, RecordedRequest, self_signed
 
-from csi_wasm import __version__, events
+import csi_wasm
+from csi_wasm import __version__
 from csi_wasm.attributes import PodInfo
-from csi_wasm.events import (
+from csi_wasm.kube.events import (
     REASON_FAILED_PULL,
     REASON_INVALID_MODULE,
     REASON_PULLED,
@@ -424,7 +425,7 @@ def test_a_full_queue_drops_new_events_and_counts_them(
     clock: FakeClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="csi_wasm.events")
+    caplog.set_level(logging.DEBUG, logger="csi_wasm.kube.events")
     recorder = make_recorder(queue_size=3)
     server.stall()
     recorder.failed(POD, REASON_FAILED_PULL, "in flight")
@@ -523,7 +524,7 @@ def test_an_api_error_is_logged_with_its_status_and_the_next_event_is_sent(
         (201, "accepted"),
     ]
     [warning] = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert warning.name == "csi_wasm.events"
+    assert warning.name == "csi_wasm.kube.events"
     assert hint in warning.getMessage()
     assert warning.fields["status"] == status  # type: ignore[attr-defined]
     assert warning.exc_info is None
@@ -545,7 +546,9 @@ def test_no_api_server_is_logged_and_survived(
 
     # urllib3 warns about its own connection retries; ours is one line per failure kind.
     [warning] = [
-        r for r in caplog.records if r.levelno >= logging.WARNING and r.name == "csi_wasm.events"
+        r
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name == "csi_wasm.kube.events"
     ]
     assert "no answer from the API server" in warning.getMessage()
     assert warning.fields["status"] is None  # type: ignore[attr-defined]
@@ -642,12 +645,12 @@ def test_in_a_cluster_events_go_to_the_api_server_with_the_service_account_token
 
 def test_importing_the_module_does_not_load_the_kubernetes_client() -> None:
     # The client is big and only needed in a cluster: recorder_from_environment loads it.
-    code = "import sys, csi_wasm.events; print('kubernetes' in sys.modules)"
+    code = "import sys, csi_wasm.kube.events; print('kubernetes' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code],
         check=True,
         capture_output=True,
         text=True,
-        cwd=Path(events.__file__).parents[1],
+        cwd=Path(csi_wasm.__file__).parents[1],
     )
     assert result.stdout.strip() == "False"

@@ -1,4 +1,4 @@
-"""Tests of csi_wasm.reconcile: records agree with the mount table before serving."""
+"""Tests of csi_wasm.cache.reconcile: records agree with the mount table before serving."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from support.driver import NodeDirs
 from support.kubelet import PodVolume
 from support.wasm import make_module
 
+from csi_wasm.cache.reconcile import kubelet_volume_id, reconcile
+from csi_wasm.cache.store import ModuleStore
+from csi_wasm.cache.volumes import VolumeRecord, VolumeRecords
 from csi_wasm.mounts import bind_read_only, find_mount, unmount
-from csi_wasm.reconcile import kubelet_volume_id, reconcile
-from csi_wasm.store import ModuleStore
-from csi_wasm.volumes import VolumeRecord, VolumeRecords
 
 
 @pytest.fixture

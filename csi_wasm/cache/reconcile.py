@@ -29,9 +29,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from csi_wasm.cache.store import ModuleStore, is_sha256_hex
+from csi_wasm.cache.volumes import VolumeRecord, VolumeRecords
 from csi_wasm.mounts import MOUNTINFO, MountEntry, MountTable, SourcePath
-from csi_wasm.store import ModuleStore, is_sha256_hex
-from csi_wasm.volumes import VolumeRecord, VolumeRecords
 
 log = logging.getLogger(__name__)
 

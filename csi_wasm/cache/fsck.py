@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from csi_wasm.store import MODULE_FILE, ModuleStore, is_sha256_hex
+from csi_wasm.cache.store import MODULE_FILE, ModuleStore, is_sha256_hex
 
 _CHUNK = 1024 * 1024
 

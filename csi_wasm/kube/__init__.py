@@ -1,0 +1,1 @@
+"""The Kubernetes API, seen from the node: Events on pods and the prefetch ConfigMap watch."""
