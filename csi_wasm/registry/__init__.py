@@ -7,13 +7,15 @@ python-dxf refuses auth over plain http and has no deadline. ``requests`` costs
 
 Modules: :mod:`.credentials` (dockerconfigjson -> :class:`Keychain`),
 :mod:`.auth` (challenges, Basic, token auth and cache), :mod:`.transport`
-(timeouts, retries, 429, redirects, TLS), :mod:`.client` (manifests and blobs).
+(timeouts, retries, 429, redirects, TLS), :mod:`.client` (manifests and blobs),
+:mod:`.upload` (pushing blobs and manifests, for ``csi-wasm push``).
 """
 
 from csi_wasm.registry.client import Manifest, RegistryClient
 from csi_wasm.registry.credentials import Credentials, Keychain
 from csi_wasm.registry.http_source import HttpSourceClient, display_url
 from csi_wasm.registry.options import RegistryOptions
+from csi_wasm.registry.upload import RegistryUploader
 
 __all__ = [
     "Credentials",
@@ -22,5 +24,6 @@ __all__ = [
     "Manifest",
     "RegistryClient",
     "RegistryOptions",
+    "RegistryUploader",
     "display_url",
 ]

@@ -7,7 +7,8 @@ A registry answers an unauthenticated request with 401 and a challenge:
   realm (``GET realm?service=..&scope=repository:<repo>:pull``, with Basic
   credentials if we have any; an identity token is exchanged with the OAuth2
   ``POST`` form instead, falling back to GET when the service lacks it) and send
-  ``Authorization: Bearer <token>``.
+  ``Authorization: Bearer <token>``. Pushes (:mod:`.upload`) ask for the scope
+  ``repository:<repo>:pull,push`` the same way.
 
 :class:`Authenticator` remembers each registry's challenge so later requests are
 authorised up front, and caches tokens by (registry, scope, credential fingerprint)
@@ -34,6 +35,8 @@ from csi_wasm.registry.transport import Transport, read_bounded
 
 __all__ = [
     "DEFAULT_TOKEN_LIFETIME",
+    "PULL",
+    "PUSH",
     "Authenticator",
     "Challenge",
     "TokenCache",
@@ -42,6 +45,7 @@ __all__ = [
     "credentials_required",
     "parse_www_authenticate",
     "pull_scope",
+    "repository_scope",
 ]
 
 Clock = Callable[[], float]
@@ -166,8 +170,16 @@ def basic_authorization(credentials: Credentials) -> str:
     return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
+PULL = "pull"
+PUSH = "pull,push"  # a push reads too: HEAD on blobs, mounts
+
+
+def repository_scope(repository: str, access: str) -> str:
+    return f"repository:{repository}:{access}"
+
+
 def pull_scope(repository: str) -> str:
-    return f"repository:{repository}:pull"
+    return repository_scope(repository, PULL)
 
 
 TokenKey = tuple[str, str, str]
@@ -233,13 +245,20 @@ class Authenticator:
             return self._challenges.get(registry)
 
     def preauthorize(
-        self, ref: Reference, credentials: Credentials | None, deadline: Deadline
+        self,
+        ref: Reference,
+        credentials: Credentials | None,
+        deadline: Deadline,
+        *,
+        access: str = PULL,
     ) -> str | None:
         """The header value to send before any 401, from what we learned earlier."""
         challenge = self.known_challenge(ref.registry)
         if challenge is None:
             return None
-        return self._authorization(challenge, ref, credentials, deadline, refresh=False)
+        return self._authorization(
+            challenge, ref, credentials, deadline, refresh=False, access=access
+        )
 
     def on_unauthorized(
         self,
@@ -247,6 +266,8 @@ class Authenticator:
         ref: Reference,
         credentials: Credentials | None,
         deadline: Deadline,
+        *,
+        access: str = PULL,
     ) -> str | None:
         """After a 401: the header value to retry with, or ``None`` if we have none."""
         challenge = _preferred(parse_www_authenticate(response.headers.get("WWW-Authenticate", "")))
@@ -254,7 +275,9 @@ class Authenticator:
             return None
         with self._lock:
             self._challenges[ref.registry] = challenge
-        return self._authorization(challenge, ref, credentials, deadline, refresh=True)
+        return self._authorization(
+            challenge, ref, credentials, deadline, refresh=True, access=access
+        )
 
     def _authorization(
         self,
@@ -264,12 +287,13 @@ class Authenticator:
         deadline: Deadline,
         *,
         refresh: bool,
+        access: str,
     ) -> str | None:
         if challenge.scheme == "basic":
             if credentials is None or not credentials.has_password:
                 return None
             return basic_authorization(credentials)
-        scope = pull_scope(ref.repository)
+        scope = repository_scope(ref.repository, access)
         key = (ref.registry, scope, credentials.fingerprint() if credentials else "")
         if refresh:
             self.tokens.invalidate(key)
@@ -278,7 +302,9 @@ class Authenticator:
             if cached is not None:
                 return f"Bearer {cached}"
         fetched_at = self._clock()
-        token, expires_in = self._fetch_token(challenge, ref, scope, credentials, deadline)
+        token, expires_in = self._fetch_token(
+            challenge, ref, scope, credentials, deadline, "push" if access == PUSH else "pull"
+        )
         self.tokens.put(key, token, expires_in, fetched_at)
         return f"Bearer {token}"
 
@@ -289,6 +315,7 @@ class Authenticator:
         scope: str,
         credentials: Credentials | None,
         deadline: Deadline,
+        purpose: str,
     ) -> tuple[str, float]:
         realm = challenge.realm
         if not realm:
@@ -310,7 +337,7 @@ class Authenticator:
                 f"registry {ref.registry} sends us to a plain-http token service at {realm_host} "
                 f"for {ref}; refusing, unless that host is listed with --insecure-registry"
             )
-        what = f"getting a pull token for {ref} from {realm_host}"
+        what = f"getting a {purpose} token for {ref} from {realm_host}"
         params = {"scope": scope}
         service = challenge.params.get("service")
         if service:

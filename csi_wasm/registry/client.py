@@ -1,7 +1,8 @@
 """The registry client of the pull path: manifests and blobs, verified, within a deadline.
 
 It speaks just enough of the OCI distribution API to pull: ``GET /v2/<repo>/manifests/<ref>``
-and ``GET /v2/<repo>/blobs/<digest>``, with Basic or Docker token auth
+and ``GET /v2/<repo>/blobs/<digest>`` (pushes use :meth:`RegistryClient.send` from
+:mod:`.upload`), with Basic or Docker token auth
 (:mod:`.auth`), retries, throttling and redirects (:mod:`.transport`). Every byte is
 checked: a manifest against the digest asked for (or ``Docker-Content-Digest``), a blob
 against its digest and declared size, and both against size limits.
@@ -13,7 +14,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import requests
@@ -28,7 +29,12 @@ from csi_wasm.errors import (
     Unavailable,
 )
 from csi_wasm.reference import Reference, parse_digest
-from csi_wasm.registry.auth import Authenticator, credentials_refused, credentials_required
+from csi_wasm.registry.auth import (
+    PULL,
+    Authenticator,
+    credentials_refused,
+    credentials_required,
+)
 from csi_wasm.registry.credentials import Credentials, Keychain
 from csi_wasm.registry.options import RegistryOptions
 from csi_wasm.registry.transport import (
@@ -230,6 +236,10 @@ class RegistryClient:
 
     # -- shared -----------------------------------------------------------------
 
+    def api_url(self, ref: Reference, path: str) -> str:
+        """``scheme://api-host`` of ``ref``'s registry followed by ``path`` (``/v2/...``)."""
+        return self._transport.base_url(ref.registry) + path
+
     def _get(
         self,
         ref: Reference,
@@ -240,17 +250,39 @@ class RegistryClient:
         headers: dict[str, str],
         what: str,
     ) -> requests.Response:
-        """GET with authentication; 401/403 become PermissionDenied, the rest is returned."""
+        url = self.api_url(ref, path)
+        return self.send("GET", ref, url, keychain, deadline, headers=headers, what=what)
+
+    def send(
+        self,
+        method: str,
+        ref: Reference,
+        url: str,
+        keychain: Keychain | None,
+        deadline: Deadline,
+        *,
+        headers: dict[str, str],
+        what: str,
+        access: str = PULL,
+        body: bytes | None = None,
+    ) -> requests.Response:
+        """A request about ``ref`` with authentication for ``access`` (pull, or push).
+
+        401/403 become PermissionDenied; any other response is returned, streamed: the
+        caller closes it. Used for pulls here and for pushes by :mod:`.upload`.
+        """
         credentials = keychain.for_registry(ref.registry) if keychain is not None else None
-        url = self._transport.base_url(ref.registry) + path
-        authorization = self._auth.preauthorize(ref, credentials, deadline)
-        response = self._send(url, headers, authorization, deadline, what)
+        authorization = self._auth.preauthorize(ref, credentials, deadline, access=access)
+        request = _Outgoing(method, url, headers, body, what)
+        response = self._send(request, authorization, deadline)
         if response.status_code == 401 and self._from_registry(ref, response):
-            retry_with = self._auth.on_unauthorized(response, ref, credentials, deadline)
+            retry_with = self._auth.on_unauthorized(
+                response, ref, credentials, deadline, access=access
+            )
             response.close()
             if retry_with is None:
                 raise _denied(ref, credentials)
-            response = self._send(url, headers, retry_with, deadline, what)
+            response = self._send(request, retry_with, deadline)
         if response.status_code in (401, 403):
             response.close()
             if not self._from_registry(ref, response):
@@ -262,18 +294,19 @@ class RegistryClient:
         return response
 
     def _send(
-        self,
-        url: str,
-        headers: dict[str, str],
-        authorization: str | None,
-        deadline: Deadline,
-        what: str,
+        self, request: _Outgoing, authorization: str | None, deadline: Deadline
     ) -> requests.Response:
-        request_headers = dict(headers)
+        request_headers = dict(request.headers)
         if authorization is not None:
             request_headers["Authorization"] = authorization
         return self._transport.send(
-            "GET", url, deadline=deadline, what=what, headers=request_headers, stream=True
+            request.method,
+            request.url,
+            deadline=deadline,
+            what=request.what,
+            headers=request_headers,
+            data=request.body,
+            stream=True,
         )
 
     def _from_registry(self, ref: Reference, response: requests.Response) -> bool:
@@ -306,6 +339,15 @@ class RegistryClient:
             f"tag {ref.manifest_ref!r} of {ref.name} was not found in registry "
             f"{ref.registry}; check the tag"
         )
+
+
+@dataclass(frozen=True)
+class _Outgoing:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes | None = field(repr=False)
+    what: str
 
 
 def _denied(ref: Reference, credentials: Credentials | None) -> PermissionDenied:

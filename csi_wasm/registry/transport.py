@@ -135,12 +135,13 @@ class Transport:
         what: str,
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
-        data: Mapping[str, str] | None = None,
+        data: Mapping[str, str] | bytes | None = None,
         stream: bool = False,
     ) -> requests.Response:
         """Send with retries and redirects; return a final non-5xx, non-429 response.
 
         ``what`` completes "while ..." in messages, e.g. "fetching the manifest of X".
+        ``data`` is a form or a body in bytes (bytes, so a retry can send it again).
         With ``stream=True`` the caller owns the response and must close it.
         """
         request = _Request(method, url, dict(headers or {}), params, data, stream)
@@ -284,7 +285,7 @@ class _Request:
     url: str
     headers: dict[str, str] = field(repr=False)
     params: Mapping[str, str] | None
-    data: Mapping[str, str] | None = field(repr=False)
+    data: Mapping[str, str] | bytes | None = field(repr=False)
     stream: bool
 
 

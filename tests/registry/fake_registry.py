@@ -134,6 +134,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._serve()
 
+    def do_PUT(self) -> None:
+        self._serve()
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
