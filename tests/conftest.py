@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 import secrets
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.confinement import SESSION_GUARD
 from support.driver import NodeDirs
 from support.registry import Registry
 from support.tools import ContainersTools
@@ -58,3 +60,15 @@ def unique_repo(request: pytest.FixtureRequest) -> str:
     """A repository name no other test uses, e.g. ``t/test-pull-twice-3f9a1c``."""
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     return f"t/{slug or 'test'}-{secrets.token_hex(3)}"
+
+
+sys.addaudithook(SESSION_GUARD)
+
+
+@pytest.fixture(autouse=True)
+def reads_stay_in_the_repository() -> Iterator[None]:
+    """Fail a test that read a file beside the repository (a fresh clone would not have it)."""
+    SESSION_GUARD.take()
+    yield
+    outside = SESSION_GUARD.take()
+    assert not outside, f"the test read outside the repository: {sorted(set(outside))}"

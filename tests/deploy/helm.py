@@ -35,8 +35,8 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "charts" / "csi-wasm"
 EXAMPLES = REPO / "deploy" / "examples"
 TOOLS_DIR = REPO / ".cache" / "tools"
-# shared/ sits beside the repository, in development and in CI.
-WASMPLUGIN_CRD = REPO.parent / "shared" / "istio" / "wasmplugin-crd.yaml"
+# Istio's, kept in the repository with its licence: the tests read nothing outside it.
+WASMPLUGIN_CRD = REPO / "tests" / "data" / "istio" / "wasmplugin-crd.yaml"
 
 DRIVER = "wasm.csi.dev"
 # Kubernetes versions the manifests must be valid for (kubernetes-validate ships their schemas).
@@ -265,7 +265,7 @@ def _structural(schema: Any) -> Any:
 
 
 def wasmplugin_schema() -> dict[str, Any]:
-    """JSON Schema of a whole WasmPlugin object, from the Istio CRD in shared/."""
+    """JSON Schema of a whole WasmPlugin object, from Istio's CRD in tests/data/istio."""
     assert WASMPLUGIN_CRD.is_file(), f"Istio WasmPlugin CRD missing: {WASMPLUGIN_CRD}"
     (crd,) = load_file(WASMPLUGIN_CRD)
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
