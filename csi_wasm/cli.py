@@ -62,6 +62,14 @@ def parse_size(text: str) -> int:
     return size
 
 
+def format_size(size: int) -> str:
+    """``size`` as :func:`parse_size` reads it, in the largest binary unit that divides it."""
+    for unit, factor in (("Gi", 1024**3), ("Mi", 1024**2), ("Ki", 1024)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
 def parse_log_level(text: str) -> str:
     if text not in logs.LEVELS:
         raise argparse.ArgumentTypeError(
@@ -88,6 +96,41 @@ class _AppendOverEnvironment(argparse.Action):
 
 def _env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+class _DefaultsShown(argparse.HelpFormatter):
+    """Help that shows every option's default, before the environment variable it reads."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS:
+            return text
+        shown = "default: " + _shown_default(action.default).replace("%", "%%")
+        env = _ENV_SUFFIX.search(text)
+        if env is not None:
+            return f"{text[: env.start()]} ({shown}; {env.group(1)})"
+        return f"{text} ({shown})"
+
+
+_ENV_SUFFIX = re.compile(r" \((env \w+)\)$")
+
+
+def _shown_default(default: object) -> str:
+    if default is None or default == []:
+        return "none"
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, list | tuple):
+        return ",".join(map(str, default))
+    return str(default) if default != "" else "empty"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Our parser; subcommands get the same class, so their help shows defaults too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsShown)
+        super().__init__(*args, **kwargs)
 
 
 FlagAdder = Callable[..., None]
@@ -117,7 +160,7 @@ def _root_flag(flag: FlagAdder) -> None:
 def _cache_flags(flag: FlagAdder) -> None:
     flag(
         "--cache-max-bytes",
-        default=str(DEFAULT_CACHE_MAX_BYTES),
+        default=format_size(DEFAULT_CACHE_MAX_BYTES),
         type=parse_size,
         help="evict unused modules, least recently used first, while the cache holds more "
         "(5Gi style accepted)",
@@ -146,7 +189,7 @@ def _add_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     flag(
         "--node-id",
         default=env.get("NODE_NAME") or socket.gethostname(),
-        help="node name reported to kubelet (default: $NODE_NAME or hostname)",
+        help="node name reported to kubelet ($NODE_NAME, else the hostname)",
     )
     _root_flag(flag)
     flag("--kubelet-dir", default="/var/lib/kubelet", help="kubelet's root directory")
@@ -200,9 +243,9 @@ def _add_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     )
     flag(
         "--max-module-bytes",
-        default=DEFAULT_MAX_MODULE_BYTES,
+        default=format_size(DEFAULT_MAX_MODULE_BYTES),
         type=parse_size,
-        help="largest module or layer accepted, in bytes",
+        help="largest module or layer accepted, in bytes (256Mi style accepted)",
     )
     flag(
         "--pull-timeout",
@@ -221,7 +264,7 @@ def _add_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
 
 
 def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="csi-wasm",
         description="Kubernetes CSI node driver that delivers WebAssembly modules to pods.",
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from csi_wasm import __version__
-from csi_wasm.cli import build_parser, main, parse_duration, parse_size, settings_from
+from csi_wasm.cli import (
+    build_parser,
+    format_size,
+    main,
+    parse_duration,
+    parse_size,
+    settings_from,
+)
 from csi_wasm.settings import (
     DEFAULT_DRIVER_NAME,
     DEFAULT_MAX_MODULE_BYTES,
@@ -78,6 +86,74 @@ def test_serve_help_lists_flags_and_env(capsys: pytest.CaptureFixture[str]) -> N
     ):
         assert flag in out
         assert "CSI_WASM_" + flag[2:].replace("-", "_").upper() in out
+
+
+def _help_entries(out: str) -> dict[str, str]:
+    """``--flag`` -> its help text (one line), from argparse's formatted help."""
+    entries: dict[str, str] = {}
+    current = None
+    for line in out.split("options:", 1)[1].splitlines():
+        match = re.match(r"  (-\S+?)(?:,|\s|$)", line)
+        if match:
+            current = match.group(1)
+            entries[current] = ""
+        if current is not None:
+            entries[current] += " " + line.strip()
+    return {flag: " ".join(text.split()) for flag, text in entries.items()}
+
+
+def _subcommands() -> list[str]:
+    (commands,) = [
+        action
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    ]
+    return sorted(commands.choices)
+
+
+@pytest.mark.parametrize("command", _subcommands())
+def test_help_shows_every_flags_default(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    entries = _help_entries(capsys.readouterr().out)
+    assert len(entries) > 1, "no flags found in the help"
+    for flag, text in entries.items():
+        if flag == "-h":
+            continue
+        assert "(default: " in text, f"{command} {flag}: no default shown in {text!r}"
+
+
+def test_help_shows_the_defaults_in_use(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    entries = _help_entries(capsys.readouterr().out)
+    assert "(default: 10m; env CSI_WASM_PULL_TIMEOUT)" in entries["--pull-timeout"]
+    assert "(default: 256Mi; env CSI_WASM_MAX_MODULE_BYTES)" in entries["--max-module-bytes"]
+    assert "(default: 5Gi; env CSI_WASM_CACHE_MAX_BYTES)" in entries["--cache-max-bytes"]
+    assert "(default: none; env CSI_WASM_REGISTRY_MIRROR)" in entries["--registry-mirror"]
+    assert f"(default: {socket.gethostname()}; env" in entries["--node-id"]
+    with pytest.raises(SystemExit):
+        main(["gc", "--help"])
+    assert "(default: off)" in _help_entries(capsys.readouterr().out)["--dry-run"]
+
+
+def test_help_shows_a_default_from_the_environment(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser({"CSI_WASM_PULL_TIMEOUT": "90s", "CSI_WASM_METRICS_ADDRESS": ""})
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--help"])
+    entries = _help_entries(capsys.readouterr().out)
+    assert "(default: 90s; env CSI_WASM_PULL_TIMEOUT)" in entries["--pull-timeout"]
+    assert "(default: empty; env CSI_WASM_METRICS_ADDRESS)" in entries["--metrics-address"]
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [(5 * 1024**3, "5Gi"), (256 * 1024**2, "256Mi"), (3072, "3Ki"), (1000, "1000")],
+)
+def test_format_size_reads_back(size: int, text: str) -> None:
+    assert format_size(size) == text
+    assert parse_size(text) == size
 
 
 def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
