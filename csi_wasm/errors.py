@@ -13,7 +13,8 @@ one place, :mod:`csi_wasm.server.rpc`, so nothing below the server imports grpc.
     ├── Unavailable          registry unreachable, 5xx, throttled            (retry)
     ├── DeadlineExceeded     pull or call ran out of time                    (retry)
     ├── FailedPrecondition   digest mismatch, not Wasm, unsupported, too big (final)
-    │   └── DigestMismatch
+    │   ├── DigestMismatch
+    │   └── InvalidModule    a module no Wasm host (or no proxy-wasm host) can load
     ├── ResourceExhausted    cache disk full                                 (retry)
     ├── Unimplemented        an RPC this node plugin does not offer          (final)
     └── Internal             a bug; logged with traceback                    (final)
@@ -74,6 +75,17 @@ class FailedPrecondition(CsiWasmError):
 
 class DigestMismatch(FailedPrecondition):
     """Bytes received do not hash to the digest that was promised."""
+
+
+class InvalidModule(FailedPrecondition):
+    """The module does not validate, or does not have the ABI the volume asks for.
+
+    ``reason`` is one of a few fixed words (a metric label, an Event reason's detail).
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ResourceExhausted(CsiWasmError):

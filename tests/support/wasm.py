@@ -5,6 +5,11 @@ derived from the seed, a custom section ``csi-wasm.seed`` holding the seed text,
 custom section ``csi-wasm.pad`` of pseudo-random (incompressible) bytes that brings
 the module to the requested size.  Same ``(size, seed)``, same bytes; different seed,
 different bytes.  All LEB128 numbers use their shortest encoding.
+
+By default a module is also what a proxy-wasm host (Envoy) accepts: it exports its
+memory, ``proxy_abi_version_0_2_1`` and ``malloc``. ``proxy_wasm=False`` leaves
+those out (a plain module, valid for ``abi: any`` only).  :func:`from_wat` assembles
+hand-written modules with wabt's ``wat2wasm``.
 """
 
 from __future__ import annotations
@@ -13,16 +18,23 @@ import functools
 import hashlib
 import random
 import struct
+import subprocess
+import tempfile
+from pathlib import Path
 
 WASM_MAGIC = b"\0asm"
 WASM_VERSION = b"\x01\x00\x00\x00"
 EXPORT_NAME = "seed"
+ABI_EXPORT = "proxy_abi_version_0_2_1"
+ALLOCATOR_EXPORT = "malloc"
+MEMORY_EXPORT = "memory"
 SEED_SECTION = "csi-wasm.seed"
 PAD_SECTION = "csi-wasm.pad"
 
 _I32 = 0x7F
 _FUNC_TYPE = 0x60
 _EXPORT_FUNC = 0x00
+_EXPORT_MEMORY = 0x02
 _I32_CONST = 0x41
 _END = 0x0B
 
@@ -72,14 +84,44 @@ def seed_value(seed: str) -> int:
     return value
 
 
-def _base_module(seed: str, filler: int) -> bytes:
-    functype = bytes([_FUNC_TYPE]) + _vec([]) + _vec([bytes([_I32])])
-    body = _vec([]) + bytes([_I32_CONST]) + sleb128(seed_value(seed)) + bytes([_END])
+def _functype(params: list[int], results: list[int]) -> bytes:
+    return (
+        bytes([_FUNC_TYPE])
+        + _vec([bytes([p]) for p in params])
+        + _vec([bytes([r]) for r in results])
+    )
+
+
+def _body(instructions: bytes) -> bytes:
+    body = _vec([]) + instructions + bytes([_END])  # no locals
+    return uleb128(len(body)) + body
+
+
+def _export(name: str, kind: int, index: int) -> bytes:
+    return _name(name) + bytes([kind]) + uleb128(index)
+
+
+def _base_module(seed: str, filler: int, proxy_wasm: bool) -> bytes:
+    # Types: 0 () -> i32 (seed), 1 () -> () (the ABI marker), 2 (i32) -> i32 (malloc).
+    types = [_functype([], [_I32]), _functype([], []), _functype([_I32], [_I32])]
+    bodies = [_body(bytes([_I32_CONST]) + sleb128(seed_value(seed)))]
+    exports = [_export(EXPORT_NAME, _EXPORT_FUNC, 0)]
+    if proxy_wasm:
+        bodies += [_body(b""), _body(bytes([_I32_CONST]) + sleb128(1024))]
+        exports += [
+            _export(MEMORY_EXPORT, _EXPORT_MEMORY, 0),
+            _export(ABI_EXPORT, _EXPORT_FUNC, 1),
+            _export(ALLOCATOR_EXPORT, _EXPORT_FUNC, 2),
+        ]
     sections = [
-        _section(1, _vec([functype])),  # type
-        _section(3, _vec([uleb128(0)])),  # function
-        _section(7, _vec([_name(EXPORT_NAME) + bytes([_EXPORT_FUNC]) + uleb128(0)])),  # export
-        _section(10, _vec([uleb128(len(body)) + body])),  # code
+        _section(1, _vec(types if proxy_wasm else types[:1])),  # type
+        _section(3, _vec([uleb128(index) for index in range(len(bodies))])),  # function
+    ]
+    if proxy_wasm:
+        sections.append(_section(5, _vec([b"\x00" + uleb128(1)])))  # memory: min 1 page
+    sections += [
+        _section(7, _vec(exports)),  # export
+        _section(10, _vec(bodies)),  # code
         _section(0, _name(SEED_SECTION) + seed.encode("utf-8") + b"\0" * filler),  # custom
     ]
     return WASM_MAGIC + WASM_VERSION + b"".join(sections)
@@ -99,21 +141,21 @@ def _pad_payload_len(room: int) -> int | None:
     return None
 
 
-def min_module_size(seed: str) -> int:
+def min_module_size(seed: str, *, proxy_wasm: bool = True) -> int:
     """The smallest size :func:`make_module` can hit exactly for this seed."""
-    return len(_base_module(seed, 0)) + 1 + 1 + len(_name(PAD_SECTION))
+    return len(_base_module(seed, 0, proxy_wasm)) + 1 + 1 + len(_name(PAD_SECTION))
 
 
 @functools.lru_cache(maxsize=16)
-def make_module(size: int, seed: str) -> bytes:
+def make_module(size: int, seed: str, *, proxy_wasm: bool = True) -> bytes:
     """A valid Wasm module (binary format version 1) of exactly ``size`` bytes.
 
     When ``size`` is below :func:`min_module_size` the result is that minimum size
-    instead (still valid, a few dozen bytes plus the seed's length).
+    instead (still valid, a hundred bytes or so plus the seed's length).
     """
-    size = max(size, min_module_size(seed))
+    size = max(size, min_module_size(seed, proxy_wasm=proxy_wasm))
     for filler in range(8):
-        base = _base_module(seed, filler)
+        base = _base_module(seed, filler, proxy_wasm)
         payload_len = _pad_payload_len(size - len(base))
         if payload_len is None:
             continue  # LEB128 width boundary: shift by one filler byte and retry
@@ -124,3 +166,41 @@ def make_module(size: int, seed: str) -> bytes:
         assert len(module) == size
         return module
     raise AssertionError(f"cannot build a module of {size} bytes")  # pragma: no cover
+
+
+def from_wat(text: str) -> bytes:
+    """Assemble WebAssembly text with wabt's ``wat2wasm`` (an independent tool)."""
+    with tempfile.TemporaryDirectory(prefix="wat-") as scratch:
+        source, binary = Path(scratch, "m.wat"), Path(scratch, "m.wasm")
+        source.write_text(text)
+        done = subprocess.run(
+            ["wat2wasm", "--enable-all", "-o", str(binary), str(source)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise ValueError(f"wat2wasm refused the module: {done.stderr.strip()}")
+        return binary.read_bytes()
+
+
+def split_sections(module: bytes) -> list[tuple[int, bytes]]:
+    """A module's sections as (id, payload), in order (for building broken variants)."""
+    sections, pos = [], len(WASM_MAGIC + WASM_VERSION)
+    while pos < len(module):
+        section_id, pos = module[pos], pos + 1
+        size = shift = 0
+        while True:
+            byte, pos = module[pos], pos + 1
+            size |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        sections.append((section_id, module[pos : pos + size]))
+        pos += size
+    return sections
+
+
+def join_sections(sections: list[tuple[int, bytes]]) -> bytes:
+    """The module :func:`split_sections` took apart, possibly rearranged."""
+    return WASM_MAGIC + WASM_VERSION + b"".join(_section(i, payload) for i, payload in sections)

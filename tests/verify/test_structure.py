@@ -1,0 +1,108 @@
+"""Tests of csi_wasm.verify.structure: wasmtime's verdict and the facts of a module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support.wasm import from_wat, join_sections, make_module, split_sections
+
+from csi_wasm.verify import VALIDATOR, Abi, InvalidModule, facts_of, judge, read_facts
+
+DEMO = Path(__file__).resolve().parents[2] / "demo" / "filter" / "add-header.wasm"
+
+
+def test_demo_filter_is_a_valid_proxy_wasm_module() -> None:
+    facts = read_facts(DEMO)
+    assert facts.structure_error is None
+    assert facts.size == DEMO.stat().st_size
+    assert facts.abi_versions == ("0.2.0",)
+    assert ("memory", "memory") in facts.exports
+    assert {module for module, _, _ in facts.imports} == {"env", "wasi_unstable"}
+    judge(facts, Abi.PROXY_WASM)
+
+
+def test_validator_is_named_with_its_version() -> None:
+    assert VALIDATOR.startswith("wasmtime ")
+    assert VALIDATOR.split()[1][0].isdigit()
+
+
+@pytest.mark.parametrize("proxy_wasm", [True, False])
+def test_test_modules_validate(proxy_wasm: bool) -> None:
+    facts = facts_of(make_module(20_000, "valid", proxy_wasm=proxy_wasm))
+    assert facts.structure_error is None
+    assert facts.size == 20_000
+
+
+def _structure_error(module: bytes) -> str:
+    facts = facts_of(module)
+    assert facts.structure_error is not None
+    return facts.structure_error
+
+
+def test_truncated_module() -> None:
+    module = make_module(5000, "truncated")
+    assert "unexpected end-of-file" in _structure_error(module[: len(module) // 2])
+
+
+def test_sections_out_of_order() -> None:
+    sections = split_sections(make_module(500, "order"))
+    ids = [section_id for section_id, _ in sections]
+    # The memory section (5) moved before the function section (3).
+    function, memory = ids.index(3), ids.index(5)
+    sections[function], sections[memory] = sections[memory], sections[function]
+    assert "out of order" in _structure_error(join_sections(sections))
+
+
+def test_trailing_garbage() -> None:
+    assert "malformed section id" in _structure_error(make_module(500, "tail") + b"\xff\x01")
+
+
+def test_function_body_type_error() -> None:
+    # Valid framing, an ill-typed body: only a full validator sees it.
+    sections = split_sections(make_module(500, "typed"))
+    code = next(i for i, (section_id, _) in enumerate(sections) if section_id == 10)
+    # seed's body "i32.const N; end" becomes "i64.const N; end" for an i32 result.
+    payload = bytearray(sections[code][1])
+    payload[payload.index(0x41)] = 0x42
+    sections[code] = (10, bytes(payload))
+    assert "type mismatch" in _structure_error(join_sections(sections))
+
+
+def test_unreadable_yet_valid_would_be_refused_not_crash() -> None:
+    # An export kind our reader does not know cannot validate either: both agree.
+    module = from_wat("(module)") + b"\x07\x05\x01\x01a\x09\x00"
+    facts = facts_of(module)
+    assert facts.structure_error is not None
+    assert facts.exports == ()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.data(),
+    abi=st.sampled_from(Abi),
+)
+def test_mutated_modules_give_facts_and_a_verdict_never_an_exception(
+    data: st.DataObject, abi: Abi
+) -> None:
+    module = bytearray(make_module(400, "mutate"))
+    for _ in range(data.draw(st.integers(1, 4))):
+        where = data.draw(st.integers(0, len(module) - 1))
+        action = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        if action == "flip":
+            module[where] = data.draw(st.integers(0, 255))
+        elif action == "cut":
+            del module[where : where + data.draw(st.integers(1, 40))]
+        else:
+            module[where:where] = data.draw(st.binary(min_size=1, max_size=8))
+        if not module:
+            break
+    facts = facts_of(bytes(module))
+    assert facts.size == len(module)
+    try:
+        judge(facts, abi)
+    except InvalidModule as refused:
+        assert refused.code == "FAILED_PRECONDITION"
+        assert "\n" not in refused.message
