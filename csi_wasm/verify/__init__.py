@@ -14,7 +14,7 @@ from csi_wasm.verify.abi import (
     judge,
 )
 from csi_wasm.verify.facts import ABI_EXPORT_PREFIX, ModuleFacts
-from csi_wasm.verify.structure import VALIDATOR, facts_of, read_facts, structure_error
+from csi_wasm.verify.structure import facts_of, read_facts, structure_error, validator
 
 __all__ = [
     "ABI_EXPORT_PREFIX",
@@ -22,7 +22,6 @@ __all__ = [
     "HOST_MODULES",
     "KNOWN_ABI_VERSIONS",
     "REASONS",
-    "VALIDATOR",
     "Abi",
     "InvalidModule",
     "ModuleFacts",
@@ -30,4 +29,5 @@ __all__ = [
     "judge",
     "read_facts",
     "structure_error",
+    "validator",
 ]

@@ -7,17 +7,17 @@ export lists come from our own section reader, which costs a jump per section.
 
 from __future__ import annotations
 
-import importlib.metadata
+import atexit
+import functools
 import threading
 from pathlib import Path
-
-import wasmtime
+from typing import TYPE_CHECKING
 
 from csi_wasm.verify.facts import ModuleFacts
 from csi_wasm.verify.sections import MalformedModule, read_interface
 
-# Recorded with every verdict kept in the cache: another validator may judge otherwise.
-VALIDATOR = f"wasmtime {importlib.metadata.version('wasmtime')}"
+if TYPE_CHECKING:
+    import wasmtime
 
 _MAX_REASON = 300  # a validator message is one line; keep a pathological one short
 
@@ -27,14 +27,28 @@ _engine_lock = threading.Lock()
 
 def _shared_engine() -> wasmtime.Engine:
     global _engine  # noqa: PLW0603 - one engine per process, made on first use
+    import wasmtime  # noqa: PLC0415 - 0.3 s to import: only when a module is validated
+
     with _engine_lock:
         if _engine is None:
             _engine = wasmtime.Engine()
+            # Freed before interpreter teardown, which would have unloaded its library.
+            atexit.register(_engine.close)
         return _engine
+
+
+@functools.cache
+def validator() -> str:
+    """The validator and its version, kept with every verdict: another may judge otherwise."""
+    import importlib.metadata  # noqa: PLC0415 - 0.1 s to import: keep `--help` fast
+
+    return f"wasmtime {importlib.metadata.version('wasmtime')}"
 
 
 def structure_error(module: bytes | bytearray) -> str | None:
     """The validator's reason ``module`` is not a valid module; None when it is."""
+    import wasmtime  # noqa: PLC0415 - see _shared_engine
+
     try:
         wasmtime.Module.validate(_shared_engine(), module)
     except wasmtime.WasmtimeError as error:

@@ -204,3 +204,51 @@ def split_sections(module: bytes) -> list[tuple[int, bytes]]:
 def join_sections(sections: list[tuple[int, bytes]]) -> bytes:
     """The module :func:`split_sections` took apart, possibly rearranged."""
     return WASM_MAGIC + WASM_VERSION + b"".join(_section(i, payload) for i, payload in sections)
+
+
+def make_code_module(size: int, seed: str) -> bytes:
+    """A proxy-wasm module of about ``size`` bytes that is nearly all code.
+
+    What a compiled filter looks like to a validator: thousands of functions whose
+    bodies load, store, add, branch and call (a custom-padded :func:`make_module` is
+    nearly free to validate). For benchmarks; the bytes vary with ``seed``.
+    """
+    rng = random.Random(f"csi-wasm-code:{seed}:{size}")
+    pattern_count = 200  # per function: ~4 KiB bodies
+
+    def body() -> bytes:
+        code = bytearray()
+        for _ in range(pattern_count):
+            code += b"\x20\x00"  # local.get 0
+            code += bytes([_I32_CONST]) + sleb128(rng.randrange(-(2**31), 2**31))
+            code += b"\x6a\x22\x01"  # i32.add; local.tee 1
+            code += b"\x28\x02" + uleb128(rng.randrange(1 << 12))  # i32.load align=4 offset
+            code += b"\x20\x01\x36\x02\x00"  # local.get 1; i32.store
+            code += b"\x02\x40\x20\x00\x0d\x00\x0b"  # block; local.get 0; br_if 0; end
+            code += b"\x20\x01\x10\x00\x1a"  # local.get 1; call 0 (malloc); drop
+        body = _vec([uleb128(1) + bytes([_I32])]) + bytes(code) + bytes([_END])  # 1 local
+        return uleb128(len(body)) + body
+
+    # Function 0 is malloc (i32) -> i32, 1 the ABI marker, 2.. the bulk (param i32).
+    types = [_functype([_I32], [_I32]), _functype([], []), _functype([_I32], [])]
+    bodies = [_body(bytes([_I32_CONST]) + sleb128(1024)), _body(b"")]
+    kinds = [uleb128(0), uleb128(1)]
+    pool = [body() for _ in range(8)]  # repeated: building 64 MiB body by body takes long
+    total = 0
+    while total < size:
+        bodies.append(pool[len(bodies) % len(pool)])
+        kinds.append(uleb128(2))
+        total += len(bodies[-1])
+    exports = [
+        _export(MEMORY_EXPORT, _EXPORT_MEMORY, 0),
+        _export(ABI_EXPORT, _EXPORT_FUNC, 1),
+        _export(ALLOCATOR_EXPORT, _EXPORT_FUNC, 0),
+    ]
+    sections = [
+        _section(1, _vec(types)),
+        _section(3, _vec(kinds)),
+        _section(5, _vec([b"\x00" + uleb128(1)])),
+        _section(7, _vec(exports)),
+        _section(10, _vec(bodies)),
+    ]
+    return WASM_MAGIC + WASM_VERSION + b"".join(sections)
