@@ -14,7 +14,8 @@ one place, :mod:`csi_wasm.server.rpc`, so nothing below the server imports grpc.
     ├── DeadlineExceeded     pull or call ran out of time                    (retry)
     ├── FailedPrecondition   digest mismatch, not Wasm, unsupported, too big (final)
     │   ├── DigestMismatch
-    │   └── InvalidModule    a module no Wasm host (or no proxy-wasm host) can load
+    │   ├── InvalidModule    a module no Wasm host (or no proxy-wasm host) can load
+    │   └── SignatureRejected  no valid signature where one is required
     ├── ResourceExhausted    cache disk full                                 (retry)
     ├── Unimplemented        an RPC this node plugin does not offer          (final)
     └── Internal             a bug; logged with traceback                    (final)
@@ -86,6 +87,10 @@ class InvalidModule(FailedPrecondition):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class SignatureRejected(FailedPrecondition):
+    """A module needs a signature by an accepted key and has none that verifies."""
 
 
 class ResourceExhausted(CsiWasmError):

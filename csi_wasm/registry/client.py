@@ -142,6 +142,31 @@ class RegistryClient:
             )
         return Manifest(media_type=media_type, digest=digest, body=body)
 
+    def get_referrers(
+        self, ref: Reference, digest: str, keychain: Keychain | None, deadline: Deadline
+    ) -> bytes | None:
+        """The referrers API's index of manifests whose subject is ``digest``.
+
+        None when the registry has no referrers API (it answers 404; OCI 1.1 says to
+        use the fallback tag then). Raises like :meth:`get_manifest`.
+        """
+        parse_digest(digest)
+        limit = self.options.max_manifest_bytes
+        what = f"listing the referrers of {ref.name}@{digest}"
+        headers = {"Accept": "application/vnd.oci.image.index.v1+json"}
+        path = f"/v2/{ref.repository}/referrers/{digest}"
+        response = self._get(ref, path, keychain, deadline, headers=headers, what=what)
+        try:
+            if response.status_code == 404:
+                return None
+            self._expect_ok(ref, response, what)
+            body = read_bounded(response, limit, deadline, self.options.read_timeout, what)
+        finally:
+            response.close()
+        if len(body) > limit:
+            raise _manifest_too_large(ref, "more bytes", limit)
+        return body
+
     # -- blobs -------------------------------------------------------------------
 
     def fetch_blob(

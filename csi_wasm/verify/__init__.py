@@ -2,6 +2,9 @@
 
 No gRPC, no cache: :func:`read_facts` reads a module file once, :func:`judge` gives
 the verdict for an ABI from those facts (cheap, so each volume is judged for its own).
+
+Signatures (cosign) live beside them: :mod:`.keys`, :mod:`.policy`, :mod:`.cosign`,
+:mod:`.bundle` and :mod:`.signatures` (discovery and verdict).
 """
 
 from csi_wasm.errors import InvalidModule

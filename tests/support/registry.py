@@ -355,6 +355,29 @@ class Registry:
             / "data"
         )
 
+    def plant_blob(self, repo: str, digest: str, data: bytes) -> None:
+        """Make the registry believe ``repo`` has blob ``digest`` (holding ``data``).
+
+        For pushing a manifest whose blobs nobody has (a signed fixture's): the
+        registry only checks that they exist. Serving it yields ``data``, which does not
+        hash to ``digest``.
+        """
+        data_path = self.blob_data_path(digest)
+        data_path.parent.mkdir(parents=True, exist_ok=True)
+        data_path.write_bytes(data)
+        algo, _, hexdigest = digest.partition(":")
+        link = (
+            self.storage_dir
+            / "docker/registry/v2/repositories"
+            / repo
+            / "_layers"
+            / algo
+            / hexdigest
+            / "link"
+        )
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.write_text(digest)
+
     # -- access log -------------------------------------------------------------------
 
     def _read_new_records(self) -> None:
