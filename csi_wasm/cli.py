@@ -1,4 +1,4 @@
-"""Command line: ``csi-wasm serve``, ``csi-wasm gc`` and ``csi-wasm fsck``.
+"""Command line: ``csi-wasm serve``, ``gc``, ``fsck`` and ``catalog``.
 
 Every flag can also come from the environment as ``CSI_WASM_<FLAG_IN_UPPER_SNAKE>``
 (``--pull-timeout`` -> ``CSI_WASM_PULL_TIMEOUT``); repeatable flags take a comma-
@@ -68,6 +68,16 @@ def format_size(size: int) -> str:
         if size % factor == 0:
             return f"{size // factor}{unit}"
     return str(size)
+
+
+def parse_size_or_zero(text: str) -> int:
+    """A size, where 0 is allowed (``--cache-max-bytes 0``: keep nothing unused)."""
+    return 0 if text.strip() in ("0", "0B", "0b") else parse_size(text)
+
+
+def parse_duration_or_zero(text: str) -> float:
+    """A duration, where 0 is allowed (``--cache-ttl 0s``: unused is evicted at once)."""
+    return 0.0 if text.strip() in ("0", "0s", "0m", "0h") else parse_duration(text)
 
 
 def parse_log_level(text: str) -> str:
@@ -161,14 +171,14 @@ def _cache_flags(flag: FlagAdder) -> None:
     flag(
         "--cache-max-bytes",
         default=format_size(DEFAULT_CACHE_MAX_BYTES),
-        type=parse_size,
+        type=parse_size_or_zero,
         help="evict unused modules, least recently used first, while the cache holds more "
         "(5Gi style accepted)",
     )
     flag(
         "--cache-ttl",
         default="168h",
-        type=parse_duration,
+        type=parse_duration_or_zero,
         help="evict a module unused for longer than this",
     )
 
@@ -242,6 +252,25 @@ def _add_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
         help="a ConfigMap whose key prefetch.json lists more modules to prefetch; watched",
     )
     flag(
+        "--prefetch-file",
+        default=None,
+        metavar="FILE",
+        help="a JSON list like the ConfigMap's prefetch.json (e.g. a mounted ConfigMap); "
+        "re-read when it changes",
+    )
+    flag(
+        "--prefetch-refresh",
+        default="1h",
+        type=parse_duration,
+        help="how often listed tags are resolved again (catalog entries follow them)",
+    )
+    flag(
+        "--catalog-grace",
+        default="24h",
+        type=parse_duration,
+        help="how long a module the catalog no longer lists stays under its sha256/",
+    )
+    flag(
         "--max-module-bytes",
         default=format_size(DEFAULT_MAX_MODULE_BYTES),
         type=parse_size,
@@ -289,6 +318,14 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
     flag = _flag_adder(fsck, env)
     _root_flag(flag)
     _log_flag(flag)
+    catalog = commands.add_parser(
+        "catalog",
+        help="show the node catalog: each entry's module and state; exit status 1 unless "
+        "every entry is ready",
+    )
+    flag = _flag_adder(catalog, env)
+    _root_flag(flag)
+    catalog.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -327,6 +364,9 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         cache=cache_settings_from(args),
         prefetch=tuple(args.prefetch),
         prefetch_configmap=args.prefetch_configmap or None,
+        prefetch_file=Path(args.prefetch_file) if args.prefetch_file else None,
+        prefetch_refresh=args.prefetch_refresh,
+        catalog_grace=args.catalog_grace,
         endpoint=args.endpoint,
         metrics_address=args.metrics_address,
         log_level=args.log_level,
@@ -354,6 +394,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from csi_wasm.cache.fsck import fsck_command  # noqa: PLC0415 - keep --help fast
 
         return fsck_command(Path(args.root))
+    if args.command == "catalog":
+        from csi_wasm.catalog.command import catalog_command  # noqa: PLC0415 - keep --help fast
+
+        return catalog_command(Path(args.root), as_json=args.json)
     try:
         settings = settings_from(args)
     except argparse.ArgumentTypeError as error:

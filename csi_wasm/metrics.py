@@ -30,6 +30,8 @@ Metrics:
 - ``csi_wasm_published_volumes`` (gauge): volumes currently published to pods.
 - ``csi_wasm_pulls_in_flight`` (gauge): pulls running now.
 - ``csi_wasm_build_info{version,python}`` (gauge, always 1): driver and Python versions.
+- ``csi_wasm_catalog_entries{state}`` (gauge): node catalog entries by state, ``ready``,
+  ``pending`` or ``failed`` (computed at scrape time; see :meth:`Metrics.set_catalog_source`).
 
 The four state gauges are computed at scrape time from the source given to
 :meth:`Metrics.set_state_source`; they are absent until one is set, and absent from a
@@ -47,7 +49,7 @@ import re
 import socket
 import socketserver
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final, cast
@@ -207,6 +209,33 @@ class _StateCollector:
         ]
 
 
+class _CatalogCollector:
+    """``csi_wasm_catalog_entries{state}`` at scrape time, from a source set later."""
+
+    NAME: Final = "csi_wasm_catalog_entries"
+    HELP: Final = "Node catalog entries, by state (ready, pending or failed)."
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Mapping[str, int]] | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(self.NAME, self.HELP, labels=["state"])
+
+    def collect(self) -> Iterable[Metric]:
+        source = self.source
+        if source is None:
+            return []
+        try:
+            counts = source()
+        except Exception:
+            _log.warning("catalog metrics source failed; gauge left out", exc_info=True)
+            return []
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["state"])
+        for state, count in sorted(counts.items()):
+            family.add_metric([state], count)
+        return [family]
+
+
 class Metrics:
     """The driver's metrics, in their own registry unless one is given."""
 
@@ -299,6 +328,8 @@ class Metrics:
             )
         )
         self.registry.register(self._state)
+        self._catalog = _CatalogCollector()
+        self.registry.register(self._catalog)
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         """Count one CSI call.
@@ -356,6 +387,10 @@ class Metrics:
     def set_state_source(self, source: Callable[[], StateSnapshot]) -> None:
         """Compute the state gauges from ``source()`` at every scrape (it must be quick)."""
         self._state.source = source
+
+    def set_catalog_source(self, source: Callable[[], Mapping[str, int]]) -> None:
+        """Report ``csi_wasm_catalog_entries{state}`` from ``source()`` (state -> count)."""
+        self._catalog.source = source
 
 
 # --- HTTP server ---------------------------------------------------------------------------

@@ -11,6 +11,8 @@ DEFAULT_PULL_TIMEOUT_SECONDS = 600.0
 DEFAULT_CACHE_MAX_BYTES = 5 * 1024**3
 DEFAULT_CACHE_TTL_SECONDS = 7 * 24 * 3600.0
 DEFAULT_GC_INTERVAL_SECONDS = 600.0
+DEFAULT_PREFETCH_REFRESH_SECONDS = 3600.0
+DEFAULT_CATALOG_GRACE_SECONDS = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,9 @@ class ServeSettings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     prefetch: tuple[str, ...] = ()  # --prefetch values, checked by the CLI
     prefetch_configmap: str | None = None  # NAMESPACE/NAME of the list to watch
+    prefetch_file: Path | None = None  # the same JSON list in a file, re-read when it changes
+    prefetch_refresh: float = DEFAULT_PREFETCH_REFRESH_SECONDS  # tags re-resolved this often
+    catalog_grace: float = DEFAULT_CATALOG_GRACE_SECONDS  # unlisted modules kept in sha256/
     endpoint: str = "unix:///csi/csi.sock"
     metrics_address: str = ":9090"
     log_level: str = "info"

@@ -461,3 +461,34 @@ def test_gc_refuses_a_bad_size(capsys: pytest.CaptureFixture[str]) -> None:
         main(["gc", "--cache-max-bytes", "lots"])
     assert info.value.code == 2
     assert "'lots' is not a size" in capsys.readouterr().err
+
+
+def test_gc_takes_no_budget_and_no_ttl() -> None:
+    args = build_parser({}).parse_args(["gc", "--cache-max-bytes", "0", "--cache-ttl", "0s"])
+    assert (args.cache_max_bytes, args.cache_ttl) == (0, 0.0)
+
+
+# prefetch file and the catalog
+
+
+def test_catalog_flags_defaults_and_environment() -> None:
+    s = settings([])
+    assert (s.prefetch_file, s.prefetch_refresh, s.catalog_grace) == (None, 3600.0, 86400.0)
+    env = {
+        "CSI_WASM_PREFETCH_FILE": "/etc/csi-wasm/prefetch.json",
+        "CSI_WASM_PREFETCH_REFRESH": "5m",
+        "CSI_WASM_CATALOG_GRACE": "48h",
+    }
+    s = settings([], env)
+    assert (s.prefetch_file, s.prefetch_refresh, s.catalog_grace) == (
+        Path("/etc/csi-wasm/prefetch.json"),
+        300.0,
+        172800.0,
+    )
+    s = settings(["--prefetch-refresh", "30s", "--catalog-grace", "1h"], env)
+    assert (s.prefetch_refresh, s.catalog_grace) == (30.0, 3600.0)
+
+
+def test_catalog_command_takes_root_and_json() -> None:
+    args = build_parser({"CSI_WASM_ROOT": "/data"}).parse_args(["catalog", "--json"])
+    assert (args.command, args.root, args.json) == ("catalog", "/data", True)

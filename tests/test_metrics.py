@@ -256,6 +256,21 @@ def test_failing_state_source_leaves_only_its_gauges_out(served: Served) -> None
     )
 
 
+def test_catalog_entries_by_state_at_scrape_time(served: Served) -> None:
+    assert "csi_wasm_catalog_entries" not in scrape(served)  # no catalog yet
+    counts = {"ready": 2, "pending": 0, "failed": 1}
+    served.metrics.set_catalog_source(lambda: counts)
+
+    family = scrape(served)["csi_wasm_catalog_entries"]
+
+    assert family.type == "gauge"
+    assert samples(family) == {
+        ("csi_wasm_catalog_entries", labels(state="ready")): 2.0,
+        ("csi_wasm_catalog_entries", labels(state="pending")): 0.0,
+        ("csi_wasm_catalog_entries", labels(state="failed")): 1.0,
+    }
+
+
 # --- naming rules (CONTRACT.md section 6) ------------------------------------------------------
 
 GROWING_LABELS = {"volume", "volume_id", "pod", "pod_name", "namespace", "reference", "digest"}

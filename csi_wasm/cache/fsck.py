@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from csi_wasm.cache.store import MODULE_FILE, ModuleStore, is_sha256_hex
+from csi_wasm.catalog.directory import catalog_dir, take_out
 
 _CHUNK = 1024 * 1024
 
@@ -32,6 +33,7 @@ class Damaged:
     digest: str  # the name it was stored under (sha256 hex)
     problem: str  # what is wrong, for people
     moved_to: Path | None  # None: it vanished while being checked
+    catalog_removed: tuple[str, ...] = ()  # catalog files that showed it, taken out
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,10 @@ def check_store(store: ModuleStore) -> FsckReport:
             if problem is None:
                 continue
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
-            damaged.append(Damaged(name, problem, store.quarantine(name, stamp)))
+            moved = store.quarantine(name, stamp)
+            # The catalog's files are hard links of the module: the same damaged bytes.
+            removed = take_out(catalog_dir(store.root), name, moved / MODULE_FILE) if moved else []
+            damaged.append(Damaged(name, problem, moved, tuple(removed)))
         pruned = store.prune_index() if damaged else 0
     return FsckReport(checked, checked_bytes, tuple(damaged), pruned)
 
@@ -100,6 +105,8 @@ def fsck_command(root: Path, out: Callable[[str], None] = print) -> int:
     for damaged in report.damaged:
         where = f"moved to {damaged.moved_to}" if damaged.moved_to else "it vanished meanwhile"
         out(f"damaged sha256:{damaged.digest}: {damaged.problem}; {where}")
+        for removed in damaged.catalog_removed:
+            out(f"  taken out of the node catalog: {removed}")
     summary = f"checked {report.checked} module(s), {report.checked_bytes} bytes: "
     if not report.damaged:
         out(summary + "every module matches its digest")

@@ -39,6 +39,7 @@ from typing import Protocol
 
 from csi_wasm.cache.store import CachedModule, ModuleStore, is_sha256_hex
 from csi_wasm.cache.volumes import VolumeRecords
+from csi_wasm.catalog.directory import catalog_dir, held_digests
 from csi_wasm.mounts import MOUNTINFO, MountTable
 from csi_wasm.puller import PulledModule
 from csi_wasm.settings import CacheSettings
@@ -450,6 +451,7 @@ def gc_command(
         out(f"csi-wasm: {root} holds no module cache (check --root)")
         return 2
     collector = CacheCollector(store, VolumeRecords(root / "volumes"), settings)
+    collector.add_pin_source(lambda: held_digests(catalog_dir(root)))  # as serve does
     report = collector.collect(dry_run=dry_run)
     print_report(report, root, time.time(), out)
     return 0

@@ -46,6 +46,7 @@ from csi_wasm.settings import DEFAULT_DRIVER_NAME
 __all__ = [
     "NORMAL",
     "REASON_FAILED_PULL",
+    "REASON_INVALID_CATALOG_ENTRY",
     "REASON_INVALID_MODULE",
     "REASON_PULLED",
     "WARNING",
@@ -67,6 +68,7 @@ WARNING = "Warning"
 REASON_PULLED = "Pulled"
 REASON_FAILED_PULL = "FailedPull"
 REASON_INVALID_MODULE = "InvalidModule"
+REASON_INVALID_CATALOG_ENTRY = "InvalidCatalogEntry"
 
 DEFAULT_COMPONENT = "csi-wasm"
 DEFAULT_QUEUE_SIZE = 1000
@@ -263,17 +265,19 @@ def _created_name(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class _Occurrence:
-    """One thing that happened to a pod, waiting to be sent."""
+    """One thing that happened to a pod (or another object), waiting to be sent."""
 
-    pod: PodInfo
+    pod: PodInfo  # the involved object: a pod unless ``kind`` says otherwise
     type: str
     reason: str
     message: str
     time: float
+    kind: str = "Pod"
 
     @property
-    def key(self) -> tuple[str, str, str, str, str, str]:
+    def key(self) -> tuple[str, str, str, str, str, str, str]:
         return (
+            self.kind,
             self.pod.namespace,
             self.pod.name,
             self.pod.uid,
@@ -375,6 +379,15 @@ class KubernetesEventRecorder:
         except Exception:
             log.debug("could not queue a %s event", reason, exc_info=True)
 
+    def object_warning(
+        self, kind: str, namespace: str, name: str, reason: str, message: str
+    ) -> None:
+        """A Warning Event on another core/v1 object, e.g. the prefetch list's ConfigMap."""
+        try:
+            self._enqueue(PodInfo(namespace, name, ""), WARNING, reason, message, kind)
+        except Exception:
+            log.debug("could not queue a %s event", reason, exc_info=True)
+
     def close(self, timeout: float = 2.0) -> None:
         """Send what is queued within ``timeout`` seconds; give up on the rest."""
         with self._changed:
@@ -392,7 +405,9 @@ class KubernetesEventRecorder:
             extra={"fields": {"unsent": unsent, "timeout_seconds": timeout}},
         )
 
-    def _enqueue(self, pod: PodInfo, type_: str, reason: str, message: str) -> None:
+    def _enqueue(
+        self, pod: PodInfo, type_: str, reason: str, message: str, kind: str = "Pod"
+    ) -> None:
         if not (pod.name and pod.namespace):
             return  # podInfoOnMount is off: no pod to attach the Event to
         occurrence = _Occurrence(
@@ -401,6 +416,7 @@ class KubernetesEventRecorder:
             reason=_truncate(reason, REASON_LIMIT),
             message=_truncate(message, MESSAGE_LIMIT),
             time=self._clock(),
+            kind=kind,
         )
         with self._changed:
             if self._closed:
@@ -468,7 +484,12 @@ class KubernetesEventRecorder:
 
     def _event(self, occurrence: _Occurrence) -> dict[str, object]:
         pod = occurrence.pod
-        involved = {"apiVersion": "v1", "kind": "Pod", "name": pod.name, "namespace": pod.namespace}
+        involved = {
+            "apiVersion": "v1",
+            "kind": occurrence.kind,
+            "name": pod.name,
+            "namespace": pod.namespace,
+        }
         if pod.uid:
             involved["uid"] = pod.uid
         timestamp = _rfc3339(occurrence.time)

@@ -3,25 +3,32 @@
 Each entry is what a volume's attributes say (``url``, ``sha256``, ``imagePullPolicy``)
 and is validated the same way (:func:`csi_wasm.attributes.parse_attributes`). A bad
 entry is reported as one problem and skipped; it never stops the others.
+
+An entry may also carry a ``name``: it then belongs to the node's catalog
+(:mod:`csi_wasm.catalog`). The name is kept as given here; the catalog checks it, so
+that an entry with a bad name can be listed there as failed, with the reason.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from csi_wasm.attributes import (
     PULL_POLICY,
     SHA256,
     URL,
     ModuleRequest,
+    PullPolicy,
     parse_attributes,
 )
 from csi_wasm.backoff import one_line
 from csi_wasm.errors import CsiWasmError
+from csi_wasm.reference import Reference
 from csi_wasm.registry.http_source import display_url
 
 DEFAULT_KEY = "prefetch.json"
+NAME = "name"
 
 _FLAG_SHA256 = "#sha256="
 _SHOWN_MAX = 300
@@ -36,6 +43,7 @@ class PrefetchEntry:
     url: str
     sha256: str | None = None
     image_pull_policy: str | None = None  # "Always" / "IfNotPresent"; None: the default
+    name: str | None = None  # a catalog entry's name (checked by the catalog)
 
     def attributes(self) -> dict[str, str]:
         attributes = {URL: self.url}
@@ -46,8 +54,15 @@ class PrefetchEntry:
         return attributes
 
     def request(self) -> ModuleRequest:
-        """The validated request; :class:`~csi_wasm.errors.InvalidArgument` if invalid."""
-        return parse_attributes(self.attributes())
+        """The validated request; :class:`~csi_wasm.errors.InvalidArgument` if invalid.
+
+        A named entry's tag is re-resolved at every refresh unless the entry says
+        ``IfNotPresent``: the catalog follows the tag (CONTRACT.md §10).
+        """
+        request = parse_attributes(self.attributes())
+        if self.name is not None and self.image_pull_policy is None and _is_tag(request):
+            return replace(request, pull_policy=PullPolicy.ALWAYS)
+        return request
 
     @property
     def shown(self) -> str:
@@ -62,7 +77,7 @@ def parse_prefetch_list(text: str) -> tuple[list[PrefetchEntry], list[str]]:
     """The valid entries of a ``prefetch.json`` document, and one line per problem.
 
     The document is a JSON list whose items are either a string (the ``url``) or an
-    object with ``url`` and optional ``sha256`` and ``imagePullPolicy``. Invalid items
+    object with ``url`` and optional ``sha256``, ``imagePullPolicy`` and ``name``. Invalid items
     are left out and described in the problems; nothing here raises.
     """
     try:
@@ -94,14 +109,13 @@ def _entry(item: object) -> PrefetchEntry:
         return PrefetchEntry(item)
     if not isinstance(item, dict):
         raise TypeError(f"expected a url string or an object with 'url', not a {_json_type(item)}")
-    unknown = sorted(str(key) for key in item if key not in (URL, SHA256, PULL_POLICY))
+    unknown = sorted(str(key) for key in item if key not in _FIELDS)
     if unknown:
         raise ValueError(
-            f"unknown field(s) {', '.join(map(repr, unknown))}; "
-            f"accepted: {URL}, {SHA256}, {PULL_POLICY}"
+            f"unknown field(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(_FIELDS)}"
         )
     values: dict[str, str | None] = {}
-    for key in (URL, SHA256, PULL_POLICY):
+    for key in _FIELDS:
         value = item.get(key)
         if value is not None and not isinstance(value, str):
             raise TypeError(f"field {key!r} must be a string, not a {_json_type(value)}")
@@ -109,7 +123,14 @@ def _entry(item: object) -> PrefetchEntry:
     url = values[URL]
     if url is None:
         raise ValueError("field 'url' is required, e.g. oci://ghcr.io/acme/filter:v1")
-    return PrefetchEntry(url, values[SHA256], values[PULL_POLICY])
+    return PrefetchEntry(url, values[SHA256], values[PULL_POLICY], values[NAME])
+
+
+_FIELDS = (NAME, URL, SHA256, PULL_POLICY)
+
+
+def _is_tag(request: ModuleRequest) -> bool:
+    return isinstance(request.source, Reference) and request.source.digest is None
 
 
 def parse_prefetch_flag(value: str) -> PrefetchEntry:

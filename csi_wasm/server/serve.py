@@ -28,7 +28,9 @@ from csi_wasm.cache.gc import CacheCollector, GcLoop, PinHandover, log_report
 from csi_wasm.cache.reconcile import reconcile
 from csi_wasm.cache.store import ModuleStore
 from csi_wasm.cache.volumes import VolumeRecords
-from csi_wasm.kube.configmap import ConfigMapWatcher, watcher_from_environment
+from csi_wasm.catalog.catalog import Catalog
+from csi_wasm.catalog.wiring import ListFollowers, follow_lists, open_catalog
+from csi_wasm.kube.configmap import ConfigMapWatcher
 from csi_wasm.kube.events import EventRecorder, recorder_from_environment
 from csi_wasm.metrics import Metrics, MetricsServer, StateSnapshot, serve_metrics
 from csi_wasm.mirrors import Mirrors, parse_mirror
@@ -93,10 +95,14 @@ class Driver:
     prefetcher: Prefetcher
     watcher: ConfigMapWatcher | None = None
     metrics_server: MetricsServer | None = field(default=None)
+    catalog: Catalog | None = None
+    lists: ListFollowers | None = None
 
     def stop(self, grace: float = 5.0) -> None:
         self.server.stop(grace).wait()
-        if self.watcher is not None:
+        if self.lists is not None:
+            self.lists.stop()  # the ConfigMap watcher too
+        elif self.watcher is not None:
             self.watcher.stop()
         self.prefetcher.stop()
         self.gc.stop()
@@ -169,7 +175,8 @@ def start(settings: ServeSettings) -> Driver:
     server.start()
     gc = GcLoop(collector, settings.cache.gc_interval, log_report)
     gc.start()
-    prefetcher, watcher = _start_prefetch(settings, puller, collector, metrics)
+    catalog = open_catalog(settings, store, collector, metrics)
+    prefetcher, lists = _start_prefetch(settings, puller, collector, metrics, catalog, events)
     log.info(
         "serving",
         extra={
@@ -188,28 +195,46 @@ def start(settings: ServeSettings) -> Driver:
         },
     )
     return Driver(
-        server, path, registry, metrics, events, collector, gc, prefetcher, watcher, metrics_server
+        server,
+        path,
+        registry,
+        metrics,
+        events,
+        collector,
+        gc,
+        prefetcher,
+        lists.watcher,
+        metrics_server,
+        catalog,
+        lists,
     )
 
 
 def _start_prefetch(
-    settings: ServeSettings, puller: Puller, collector: CacheCollector, metrics: Metrics
-) -> tuple[Prefetcher, ConfigMapWatcher | None]:
+    settings: ServeSettings,
+    puller: Puller,
+    collector: CacheCollector,
+    metrics: Metrics,
+    catalog: Catalog,
+    events: EventRecorder,
+) -> tuple[Prefetcher, ListFollowers]:
     """Pull listed modules before pods ask; the collector never evicts them while listed."""
     timeout = settings.pull.pull_timeout
     # A fetch returns a pinned module: its pin is held until the prefetcher lists it.
+    # The catalog links the modules of named entries while that pin holds.
     handover = PinHandover(puller.release)
+    fetch = catalog.observing(lambda request: puller.get(request, None, wait=timeout))
     prefetcher = Prefetcher(
-        lambda request: handover.keep(puller.get(request, None, wait=timeout)),
+        lambda request: handover.keep(fetch(request)),
         static=[parse_prefetch_flag(value) for value in settings.prefetch],
         on_result=lambda _url, ok: metrics.observe_prefetch(ok),
+        refresh=settings.prefetch_refresh,
     )
     collector.add_pin_source(handover.listing(prefetcher.pinned))
-    watcher = watcher_from_environment(settings.prefetch_configmap, prefetcher.set_dynamic)
+    lists = follow_lists(settings, catalog, prefetcher.set_dynamic, events)
     prefetcher.start()
-    if watcher is not None:
-        watcher.start()
-    return prefetcher, watcher
+    lists.start()
+    return prefetcher, lists
 
 
 def serve(settings: ServeSettings) -> int:

@@ -170,6 +170,32 @@ def test_a_failure_is_posted_as_a_warning_event_on_the_pod(
     assert server.event("shop", body["metadata"]["name"]) is not None
 
 
+def test_a_bad_catalog_entry_is_a_warning_event_on_the_configmap(
+    server: FakeApiServer, recorder: KubernetesEventRecorder
+) -> None:
+    message = "catalog entry '../x' (oci://r.io/x:v1) skipped: name '../x' is not a DNS label"
+    recorder.object_warning(
+        "ConfigMap", "shop", "csi-wasm-prefetch", "InvalidCatalogEntry", message
+    )
+    recorder.close()
+
+    [request] = server.requests
+    assert (request.method, request.path, request.status) == ("POST", EVENTS_PATH, 201)
+    body = request.body
+    assert isinstance(body, dict)
+    assert body["involvedObject"] == {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "name": "csi-wasm-prefetch",
+        "namespace": "shop",
+    }
+    assert (body["type"], body["reason"], body["message"]) == (
+        "Warning",
+        "InvalidCatalogEntry",
+        message,
+    )
+
+
 def test_a_pull_is_a_normal_event_with_reference_digest_size_and_time(
     server: FakeApiServer, recorder: KubernetesEventRecorder
 ) -> None:

@@ -169,3 +169,35 @@ def test_deeply_nested_json_is_a_problem_not_a_crash() -> None:
     entries, problems = parse_prefetch_list("[" * 100_000)
     assert entries == []
     assert problems and "nested too deeply" in problems[0]
+
+
+# --- names (the node catalog) ---------------------------------------------------------
+
+
+def test_entries_take_a_name_kept_as_given_for_the_catalog_to_check() -> None:
+    text = json.dumps(
+        [
+            {"name": "add-header", "url": "oci://ghcr.io/acme/add-header:stable"},
+            {"name": "../x", "url": "oci://ghcr.io/acme/x:v1"},
+            {"name": 7, "url": "oci://ghcr.io/acme/y:v1"},
+        ]
+    )
+
+    entries, problems = parse_prefetch_list(text)
+
+    assert entries == [
+        PrefetchEntry("oci://ghcr.io/acme/add-header:stable", name="add-header"),
+        PrefetchEntry("oci://ghcr.io/acme/x:v1", name="../x"),
+    ]
+    assert problems == ["entry 2 skipped: field 'name' must be a string, not a number"]
+
+
+def test_a_named_tag_is_re_resolved_but_a_digest_or_an_explicit_policy_is_not() -> None:
+    tag = "oci://ghcr.io/acme/add-header:stable"
+    assert PrefetchEntry(tag, name="a").request().pull_policy.value == "Always"
+    assert PrefetchEntry(tag).request().pull_policy.value == "IfNotPresent"
+    assert PrefetchEntry(tag, None, "IfNotPresent", "a").request().pull_policy.value == (
+        "IfNotPresent"
+    )
+    pinned = f"oci://ghcr.io/acme/add-header@sha256:{HEX_A}"
+    assert PrefetchEntry(pinned, name="a").request().pull_policy.value == "IfNotPresent"

@@ -1,0 +1,108 @@
+"""The node catalog end to end: real registry, real driver, a --prefetch-file it follows."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from support.driver import NodeDirs, in_process, wait_for
+from support.oci import push_wasm_artifact
+from support.registry import Registry
+from support.wasm import make_module
+
+from csi_wasm.catalog.directory import catalog_dir
+from csi_wasm.catalog.status import read_status, status_path
+from csi_wasm.settings import CacheSettings, ServeSettings
+
+REFRESH = 0.5  # seconds: --prefetch-refresh, and the file's poll interval
+
+
+def hash_of(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def write_list(path: Path, entries: list[dict[str, str]]) -> None:
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(entries))
+    temp.rename(path)
+
+
+def catalog_settings(node_dirs: NodeDirs, registry: Registry, listed: Path) -> ServeSettings:
+    return dataclasses.replace(
+        node_dirs.settings(insecure_registries=frozenset({registry.host})),
+        prefetch_file=listed,
+        prefetch_refresh=REFRESH,
+        cache=CacheSettings(max_bytes=1),  # anything the catalog did not hold would go
+    )
+
+
+def states(node_dirs: NodeDirs) -> dict[str, tuple[str, str | None, str | None]]:
+    status = read_status(status_path(catalog_dir(node_dirs.root)))
+    assert status is not None
+    return {e.name: (e.state, e.digest, e.reason) for e in status.entries}
+
+
+def test_a_moved_tag_reaches_the_catalog_and_a_failing_version_keeps_the_old(
+    node_dirs: NodeDirs, registry: Registry, unique_repo: str
+) -> None:
+    v1 = push_wasm_artifact(registry, unique_repo, "stable", make_module(4096, "cat-v1"))
+    listed = node_dirs.base / "prefetch.json"
+    write_list(listed, [{"name": "add-header", "url": f"oci://{v1.reference}"}])
+    shown = catalog_dir(node_dirs.root) / "add-header.wasm"
+
+    with in_process(node_dirs, catalog_settings(node_dirs, registry, listed)) as (driver, _):
+        wait_for(lambda: hash_of(shown) == v1.module_sha256, timeout=30, what="v1 in the catalog")
+        v2 = push_wasm_artifact(registry, unique_repo, "stable", make_module(4096, "cat-v2"))
+        wait_for(lambda: hash_of(shown) == v2.module_sha256, timeout=30, what="v2 in the catalog")
+        # The status follows the swap a moment later (written after the link).
+        wait_for(
+            lambda: states(node_dirs)["add-header"] == ("ready", v2.module_digest, None),
+            what="v2 ready in the status",
+        )
+        # v1 stays under sha256/ for the grace period, and GC keeps both.
+        driver.collector.collect()
+        by_digest = catalog_dir(node_dirs.root) / "sha256"
+        assert hash_of(by_digest / f"{v1.module_sha256}.wasm") == v1.module_sha256
+        assert (node_dirs.root / "modules" / v1.module_sha256).is_dir()
+
+        # A version that is not a Wasm module: refused like a publish would, v2 stays.
+        push_wasm_artifact(registry, unique_repo, "stable", b"\x00asm truncated")
+        wait_for(
+            lambda: states(node_dirs)["add-header"][0] == "failed",
+            timeout=30,
+            what="the failing version reported",
+        )
+        _, digest, reason = states(node_dirs)["add-header"]
+        assert digest == v2.module_digest and reason
+        assert hash_of(shown) == v2.module_sha256
+
+
+def test_entries_added_and_removed_in_the_file_appear_and_disappear_without_a_restart(
+    node_dirs: NodeDirs, registry: Registry, unique_repo: str
+) -> None:
+    a = push_wasm_artifact(registry, unique_repo, "a", make_module(4096, "cat-a"))
+    b = push_wasm_artifact(registry, unique_repo, "b", make_module(4096, "cat-b"))
+    listed = node_dirs.base / "prefetch.json"
+    write_list(listed, [{"name": "a", "url": f"oci://{a.reference}"}])
+    directory = catalog_dir(node_dirs.root)
+
+    with in_process(node_dirs, catalog_settings(node_dirs, registry, listed)):
+        wait_for(lambda: hash_of(directory / "a.wasm") == a.module_sha256, timeout=30, what="a")
+        write_list(
+            listed,
+            [
+                {"name": "b", "url": f"oci://{b.reference}"},
+                {"name": "../x", "url": f"oci://{a.reference}"},
+            ],
+        )
+        wait_for(lambda: hash_of(directory / "b.wasm") == b.module_sha256, timeout=30, what="b")
+        wait_for(lambda: not (directory / "a.wasm").exists(), timeout=30, what="a removed")
+        wait_for(lambda: states(node_dirs)["b"][0] == "ready", what="b ready in the status")
+        rows = states(node_dirs)
+        assert rows["../x"][0] == "failed" and "DNS label" in (rows["../x"][2] or "")
+        assert sorted(p.name for p in directory.iterdir()) == ["b.wasm", "sha256"]
