@@ -11,6 +11,7 @@ one place, :mod:`csi_wasm.server.rpc`, so nothing below the server imports grpc.
     ├── PermissionDenied     registry refused or needs credentials           (final)
     ├── Aborted              another operation on the volume is in flight    (retry)
     ├── Unavailable          registry unreachable, 5xx, throttled            (retry)
+    │   └── HostUnavailable      a host failed to answer (a mirror is then marked down)
     ├── DeadlineExceeded     pull or call ran out of time                    (retry)
     ├── FailedPrecondition   digest mismatch, not Wasm, unsupported, too big (final)
     │   ├── DigestMismatch
@@ -64,6 +65,14 @@ class Aborted(CsiWasmError):
 
 class Unavailable(CsiWasmError):
     code = "UNAVAILABLE"
+
+
+class HostUnavailable(Unavailable):
+    """A registry host did not answer: refused, timed out, 5xx, throttled or broke off.
+
+    Raised by the transport, never for local trouble (a full or read-only disk), so
+    a mirror is marked down only for its own failures.
+    """
 
 
 class DeadlineExceeded(CsiWasmError):

@@ -29,6 +29,9 @@ Metrics:
 - ``csi_wasm_cache_modules`` (gauge): modules held in the node cache.
 - ``csi_wasm_published_volumes`` (gauge): volumes currently published to pods.
 - ``csi_wasm_pulls_in_flight`` (gauge): pulls running now.
+- ``csi_wasm_mirror_up{mirror}`` (gauge): 1 while a ``--registry-mirror`` host is used, 0
+  while it is marked down after a failure (pulls go to the source until its backoff ends);
+  one series per configured mirror host.
 - ``csi_wasm_build_info{version,python}`` (gauge, always 1): driver and Python versions.
 - ``csi_wasm_catalog_entries{state}`` (gauge): node catalog entries by state, ``ready``,
   ``pending`` or ``failed`` (computed at scrape time; see :meth:`Metrics.set_catalog_source`).
@@ -294,6 +297,12 @@ class Metrics:
             ["result"],
             registry=None,
         )
+        self._mirror_up = Gauge(
+            "csi_wasm_mirror_up",
+            "1 while a registry mirror is used, 0 while it is marked down after a failure.",
+            ["mirror"],
+            registry=None,
+        )
         build_info = Gauge(
             "csi_wasm_build_info",
             "Driver and Python versions; always 1.",
@@ -323,6 +332,7 @@ class Metrics:
                     self._evictions,
                     self._freed_bytes,
                     self._prefetches,
+                    self._mirror_up,
                     build_info,
                 ]
             )
@@ -371,6 +381,10 @@ class Metrics:
     def observe_prefetch(self, ok: bool) -> None:
         """Count one prefetch attempt of a listed module."""
         self._prefetches.labels(result="success" if ok else "failure").inc()
+
+    def set_mirror_up(self, mirror: str, up: bool) -> None:
+        """Whether a configured mirror host is used (1) or marked down (0)."""
+        self._mirror_up.labels(mirror=mirror).set(1 if up else 0)
 
     def observe_eviction(self, reason: str, size_bytes: int) -> None:
         """Count one module evicted by garbage collection.

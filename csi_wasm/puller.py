@@ -47,6 +47,7 @@ from csi_wasm.errors import (
     DeadlineExceeded,
     DigestMismatch,
     FailedPrecondition,
+    HostUnavailable,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
@@ -67,7 +68,7 @@ from csi_wasm.formats import (
 from csi_wasm.formats.body import unpack_body
 from csi_wasm.formats.tarball import extract_plugin, is_disk_full
 from csi_wasm.formats.wasm import HEADER_SIZE
-from csi_wasm.mirrors import Mirrors
+from csi_wasm.mirrors import MirrorHealth, Mirrors
 from csi_wasm.reference import Reference
 from csi_wasm.registry import (
     Credentials,
@@ -169,6 +170,7 @@ class Puller:
         *,
         node_keychain: Keychain | None = None,
         mirrors: Mirrors | None = None,
+        mirror_health: MirrorHealth | None = None,
         max_parallel_pulls: int = 4,
         observer: PullObserver | None = None,
         space: CacheSpace | None = None,
@@ -180,6 +182,7 @@ class Puller:
         self._access = access
         self._node_keychain = node_keychain
         self._mirrors = mirrors or Mirrors()
+        self._mirror_health = mirror_health or MirrorHealth(self._mirrors.hosts())
         self._inflight: dict[PullKey, _Pull] = {}
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_parallel_pulls)
@@ -300,16 +303,33 @@ class Puller:
         self._access.record_pull(reference.name, requester)
 
     def _first_route(self, reference: Reference, attempt: Callable[[Reference], T]) -> T:
-        """``attempt`` on each mirror of the reference's registry, then on the registry."""
+        """``attempt`` on each mirror of the reference's registry, then on the registry.
+
+        A mirror marked down is skipped without a request (see :class:`MirrorHealth`).
+        """
         *mirrored, source = self._mirrors.candidates(reference)
+        health = self._mirror_health
         for route in mirrored:
+            host = route.registry
+            if not health.take(host):
+                continue
             try:
-                return attempt(route)
+                result = attempt(route)
+            except HostUnavailable as error:
+                health.failed(host, error.message)
+                continue
             except _TRY_NEXT_ROUTE as error:
+                health.answered(host)
                 log.info(
                     "mirror failed, trying the next route",
-                    extra={"fields": {"mirror": route.registry, "error": str(error)}},
+                    extra={"fields": {"mirror": host, "error": str(error)}},
                 )
+                continue
+            except BaseException:
+                health.abandoned(host)
+                raise
+            health.answered(host)
+            return result
         return attempt(source)
 
     def in_flight(self) -> int:

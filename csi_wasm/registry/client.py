@@ -23,6 +23,7 @@ from csi_wasm.deadline import Deadline
 from csi_wasm.errors import (
     DigestMismatch,
     FailedPrecondition,
+    HostUnavailable,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -248,7 +249,7 @@ class RegistryClient:
             if progress is not None:
                 progress(received)
         if received < expected_size:
-            raise Unavailable(
+            raise HostUnavailable(
                 f"the download of blob {_short(digest)} of {ref} from {host_of(response.url)} "
                 f"ended after {received} of {expected_size} bytes (truncated); kubelet will retry"
             )
@@ -311,7 +312,7 @@ class RegistryClient:
         if response.status_code in (401, 403):
             response.close()
             if not self._from_registry(ref, response):
-                raise Unavailable(
+                raise HostUnavailable(
                     f"storage host {host_of(response.url)} refused the redirected download "
                     f"(HTTP {response.status_code}) while {what}; kubelet will retry"
                 )

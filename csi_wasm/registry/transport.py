@@ -10,7 +10,10 @@ redirect, not 429 and not 5xx, or raises one of our errors:
 * redirects are followed here (at most :data:`MAX_REDIRECTS`), never from https to
   http, and the ``Authorization`` header is dropped as soon as the host changes
   (blob downloads are redirected to object storage with signed URLs);
-* TLS failures are not retried: they need ``--registry-ca`` or ``--insecure-registry``.
+* TLS failures are not retried: they need ``--registry-ca`` or ``--insecure-registry``;
+* a mirror (a host in ``options.mirror_hosts``) gets one attempt and
+  ``options.mirror_timeout`` to connect and to start answering: the source is the
+  fallback, so waiting on a dead mirror only delays the pull.
 
 Error messages name hosts, never URLs: a signed storage URL is a credential too.
 The library exception is chained as ``__cause__``.
@@ -35,7 +38,7 @@ import requests.auth
 import urllib3.exceptions
 
 from csi_wasm.deadline import Deadline
-from csi_wasm.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from csi_wasm.errors import DeadlineExceeded, FailedPrecondition, HostUnavailable, Unavailable
 from csi_wasm.reference import DOCKER_HUB, DOCKER_HUB_API_HOST
 from csi_wasm.registry.options import RegistryOptions
 
@@ -107,6 +110,7 @@ class Transport:
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 - jitter only
         self._insecure = frozenset(h.strip().lower() for h in options.insecure_registries)
         self._verify: bool | str = options.ca_file if options.ca_file else True
+        self._mirror_hosts = frozenset(h.lower() for h in options.mirror_hosts)
 
     # -- addressing ---------------------------------------------------------
 
@@ -144,9 +148,11 @@ class Transport:
         ``data`` is a form or a body in bytes (bytes, so a retry can send it again).
         With ``stream=True`` the caller owns the response and must close it.
         """
-        request = _Request(method, url, dict(headers or {}), params, data, stream)
-        attempts = max(0, self.options.max_retries) + 1
         host = host_of(url)
+        mirror = host in self._mirror_hosts
+        patience = self.options.mirror_timeout if mirror else None
+        request = _Request(method, url, dict(headers or {}), params, data, stream, patience)
+        attempts = 1 if mirror else max(0, self.options.max_retries) + 1
         last = ""
         delay = 0.0
         for attempt in range(attempts):
@@ -160,8 +166,10 @@ class Transport:
             throttled = f"registry {host} throttled us (HTTP 429) while {what}"
             if attempt + 1 == attempts:
                 if outcome.status == 429:
-                    raise Unavailable(f"{throttled}, {attempts} times in a row; kubelet will retry")
-                raise Unavailable(
+                    raise HostUnavailable(
+                        f"{throttled}, {attempts} times in a row; kubelet will retry"
+                    )
+                raise HostUnavailable(
                     f"registry {host} is unavailable while {what}: {last} "
                     f"(after {attempts} attempts); kubelet will retry"
                 ) from outcome.cause
@@ -169,7 +177,7 @@ class Transport:
             if outcome.retry_after is not None:
                 left = deadline.remaining()
                 if outcome.retry_after >= left:
-                    raise Unavailable(
+                    raise HostUnavailable(
                         f"{throttled} and asked to wait {outcome.retry_after:g}s, more than the "
                         f"{left:.0f}s left of the pull; kubelet will retry"
                     )
@@ -184,7 +192,7 @@ class Transport:
             response = self._follow(request, deadline, what)
         except requests.exceptions.SSLError as exc:
             failed_host = host_of(_request_url(exc, request.url))
-            raise Unavailable(_tls_message(exc, failed_host, what)) from exc
+            raise HostUnavailable(_tls_message(exc, failed_host, what)) from exc
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
             text = f"{host_of(_request_url(exc, request.url))}: {describe_failure(exc)}"
             if deadline.expired():
@@ -212,10 +220,13 @@ class Transport:
     def _follow(self, request: _Request, deadline: Deadline, what: str) -> requests.Response:
         method, url, headers = request.method, request.url, dict(request.headers)
         params, data = request.params, request.data
+        connect, read = self.options.connect_timeout, self.options.read_timeout
+        if request.patience is not None:
+            connect, read = min(connect, request.patience), min(read, request.patience)
         for _hop in range(MAX_REDIRECTS + 1):
             timeout = (
-                self._clip(deadline, self.options.connect_timeout, what, url),
-                self._clip(deadline, self.options.read_timeout, what, url),
+                self._clip(deadline, connect, what, url),
+                self._clip(deadline, read, what, url),
             )
             response = self.session.request(
                 method,
@@ -263,7 +274,9 @@ class Transport:
 
     def _pause(self, delay: float, deadline: Deadline, failing: str) -> None:
         if delay >= deadline.remaining():
-            raise Unavailable(f"{failing}; no time left in the pull to retry; kubelet will retry")
+            raise HostUnavailable(
+                f"{failing}; no time left in the pull to retry; kubelet will retry"
+            )
         _log.info("%s; retrying in %.2fs", failing, delay)
         if delay > 0:
             self._sleep(delay)
@@ -287,6 +300,7 @@ class _Request:
     params: Mapping[str, str] | None
     data: Mapping[str, str] | bytes | None = field(repr=False)
     stream: bool
+    patience: float | None  # a mirror's timeout to connect and to start answering
 
 
 def _redirect_target(here: str, location: str | None, status: int, what: str) -> str:
@@ -339,11 +353,11 @@ def read_some(
                 f"timed out while {what} from {host}; check the registry's reachability "
                 "and speed, or raise --pull-timeout"
             ) from exc
-        raise Unavailable(
+        raise HostUnavailable(
             f"{host} stopped sending data for {read_timeout:g}s while {what}; kubelet will retry"
         ) from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise Unavailable(
+        raise HostUnavailable(
             f"{host} broke off the transfer while {what} ({describe_failure(exc)}); "
             "the body is truncated, kubelet will retry"
         ) from exc

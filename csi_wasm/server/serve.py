@@ -33,7 +33,7 @@ from csi_wasm.catalog.wiring import ListFollowers, follow_lists, open_catalog
 from csi_wasm.kube.configmap import ConfigMapWatcher
 from csi_wasm.kube.events import EventRecorder, recorder_from_environment
 from csi_wasm.metrics import Metrics, MetricsServer, StateSnapshot, serve_metrics
-from csi_wasm.mirrors import Mirrors, parse_mirror
+from csi_wasm.mirrors import MirrorHealth, Mirrors, parse_mirror
 from csi_wasm.mounts import KernelMounter
 from csi_wasm.node import NodeService
 from csi_wasm.prefetch import Prefetcher, parse_prefetch_flag
@@ -136,9 +136,14 @@ def start(settings: ServeSettings) -> Driver:
     access = AccessRecords(node.root / "access", window=pull.credential_recheck)
     access.prepare()
     registry = RegistryClient(
-        RegistryOptions(insecure_registries=pull.insecure_registries, ca_file=pull.registry_ca)
+        RegistryOptions(
+            insecure_registries=pull.insecure_registries,
+            ca_file=pull.registry_ca,
+            mirror_hosts=mirrors.hosts(),
+        )
     )
     metrics = Metrics()
+    mirror_health = MirrorHealth(mirrors.hosts(), on_change=metrics.set_mirror_up)
     collector = CacheCollector(store, records, settings.cache, observer=_GcMetrics(metrics))
     puller = Puller(
         store,
@@ -147,6 +152,7 @@ def start(settings: ServeSettings) -> Driver:
         access,
         node_keychain=node_keychain,
         mirrors=mirrors,
+        mirror_health=mirror_health,
         observer=_PullMetrics(metrics),
         space=collector,
     )

@@ -13,7 +13,7 @@ import pytest
 
 from csi_wasm import __version__
 from csi_wasm.deadline import Deadline
-from csi_wasm.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from csi_wasm.errors import DeadlineExceeded, FailedPrecondition, HostUnavailable, Unavailable
 from csi_wasm.registry import RegistryOptions
 from csi_wasm.registry.transport import Transport, describe_failure, new_session
 
@@ -157,6 +157,21 @@ def test_read_timeout_is_retried(
     with pytest.raises(Unavailable, match="timed out waiting for data"):
         get(transport_for(fake.host, read_timeout=0.1), f"{fake.url}/x")
     assert len(fake.requests_to("/x")) == 4
+
+
+@pytest.mark.parametrize("fault", ["503", "silent"])
+def test_a_mirror_gets_one_attempt_and_the_mirror_timeout(
+    fake: FakeServer, transport_for: TransportFactory, sleeps: Sleeps, fault: str
+) -> None:
+    fake.route("/x", reply(status=503) if fault == "503" else _never_answer)
+    transport = transport_for(
+        fake.host, mirror_hosts=frozenset({fake.host}), mirror_timeout=0.1, read_timeout=60
+    )
+    with pytest.raises(HostUnavailable) as caught:
+        get(transport, f"{fake.url}/x")
+    assert "after 1 attempts" in str(caught.value)
+    assert len(fake.requests_to("/x")) == 1
+    assert sleeps.calls == []
 
 
 def test_read_timeout_is_clipped_to_the_deadline(

@@ -6,6 +6,7 @@ import dataclasses
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
+from support.deadhosts import closed_port
 from support.driver import NodeDirs, in_process
 from support.kubelet import rpc_error
 from support.oci import push_wasm_artifact
@@ -60,3 +61,27 @@ def test_metrics_count_calls_pulls_cache_and_volumes(
     for name, labels in samples:
         assert name.startswith("csi_wasm_")
         assert not {"volume_id", "pod", "url", "digest"} & {key for key, _ in labels}
+
+
+def test_mirror_up_shows_a_dead_mirror_as_down_after_the_first_publish(
+    node_dirs: NodeDirs, registry: Registry, unique_repo: str
+) -> None:
+    dead = closed_port()
+    module = make_module(2048, "mirror-up")
+    pushed = push_wasm_artifact(registry, unique_repo, "v1", module)
+    settings = dataclasses.replace(
+        node_dirs.settings(
+            insecure_registries=frozenset({registry.host, dead}),
+            registry_mirrors=(f"{registry.host}={dead}",),
+        ),
+        metrics_address="127.0.0.1:0",
+    )
+    with in_process(node_dirs, settings) as (driver, kubelet):
+        assert driver.metrics_server is not None
+        port = driver.metrics_server.address[1]
+        up = ("csi_wasm_mirror_up", (("mirror", dead),))
+        assert _scrape(port)[up] == 1
+        pod = kubelet.new_pod()
+        kubelet.publish(pod, {"url": pushed.reference})  # the source serves it
+        assert (pod.target / "plugin.wasm").read_bytes() == module
+        assert _scrape(port)[up] == 0
