@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.wasm import make_module
 
-from csi_wasm.cache.fsck import check_store, fsck_command
+from csi_wasm.cache.fsck import FsckReport, check_store, fsck_command
+from csi_wasm.cache.gc import CacheCollector
 from csi_wasm.cache.store import MODULE_FILE, ModuleStore
+from csi_wasm.cache.volumes import VolumeRecords
 from csi_wasm.mounts import bind_read_only, unmount
+from csi_wasm.settings import CacheSettings
 
 
 @pytest.fixture
@@ -85,6 +90,79 @@ def test_missing_and_odd_files_are_damaged(store: ModuleStore) -> None:
     assert problems[missing] == "plugin.wasm is missing"
     assert "cannot be opened" in problems[linked]  # a symlink is not followed
     assert report.checked == 2
+
+
+def test_the_collector_goes_on_while_fsck_hashes(store: ModuleStore) -> None:
+    """The hashing holds no lock: a collection (what a cold publish runs to make room)
+    finishes while fsck is held in the middle of reading a module."""
+    kept, _ = add(store, "being-hashed")
+    old, _ = add(store, "old")
+    os.utime(store.module_dir(old), (0, 0))
+    records = VolumeRecords(store.root / "volumes")
+    records.prepare()
+    collector = CacheCollector(store, records, CacheSettings(ttl=3600))
+    hashing, release = threading.Event(), threading.Event()
+
+    def gate(name: str) -> None:
+        if name == kept:
+            hashing.set()
+            assert release.wait(10)
+
+    reports: list[FsckReport] = []
+    fsck = threading.Thread(target=lambda: reports.append(check_store(store, hashing=gate)))
+    fsck.start()
+    try:
+        assert hashing.wait(10)
+        report = collector.collect()  # would wait for the whole fsck if it held .lock
+        assert [e.digest for e in report.evicted] == [old]
+    finally:
+        release.set()
+        fsck.join()
+    assert reports[0].damaged == ()
+    assert store.has_module(kept)
+
+
+def test_a_module_replaced_after_it_was_hashed_is_checked_again(store: ModuleStore) -> None:
+    """Damaged when hashed, evicted and pulled again (a new, good file) before the
+    quarantine: the new file is checked, and stays."""
+    module_hex, data = add(store, "replaced")
+    corrupt(store, module_hex)
+    calls: list[str] = []
+
+    def replace_once(name: str) -> None:
+        calls.append(name)
+        if len(calls) == 1:  # fsck holds the damaged file open; the store moves on
+            with store.lock:
+                moved = store.discard_locked(module_hex)
+            assert moved is not None
+            shutil.rmtree(moved)
+            with store.temp_file() as (path, fd):
+                os.write(fd, data)
+                store.commit_module(path, module_hex)
+
+    report = check_store(store, hashing=replace_once)
+
+    assert calls == [module_hex, module_hex]
+    assert report.damaged == () and report.checked == 1
+    assert store.has_module(module_hex)
+    assert not store.quarantine_dir.exists() or os.listdir(store.quarantine_dir) == []
+
+
+def test_a_damaged_module_evicted_before_its_quarantine_is_reported(store: ModuleStore) -> None:
+    module_hex, _ = add(store, "evicted")
+    corrupt(store, module_hex)
+
+    def evict(_name: str) -> None:
+        with store.lock:
+            moved = store.discard_locked(module_hex)
+        assert moved is not None
+        shutil.rmtree(moved)
+
+    report = check_store(store, hashing=evict)
+
+    [damaged] = report.damaged
+    assert damaged.moved_to is None and damaged.left == "it vanished meanwhile"
+    assert report.index_pruned == 0
 
 
 @pytest.fixture

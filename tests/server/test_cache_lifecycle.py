@@ -23,6 +23,8 @@ from support.oci import PushedModule, push_wasm_artifact
 from support.registry import Registry
 from support.wasm import make_module
 
+from csi_wasm.cache.fsck import check_store
+from csi_wasm.cache.store import ModuleStore
 from csi_wasm.mounts import find_mount, unmount
 from csi_wasm.prefetch import PrefetchEntry
 from csi_wasm.settings import CacheSettings, ServeSettings
@@ -323,6 +325,42 @@ def test_fsck_quarantines_a_corrupted_module_and_the_next_publish_pulls_it(
     with in_process(node_dirs, settings_with(node_dirs, registry)) as (driver, _):
         driver.collector.collect()  # nothing mounts it any more
         assert os.listdir(quarantine) == []
+
+
+def test_a_publish_that_must_make_room_completes_while_fsck_hashes(
+    node_dirs: NodeDirs, registry: Registry, unique_repo: str
+) -> None:
+    """fsck holds no lock while it hashes: a cold publish over the cache budget evicts
+    (under the lock) and mounts while fsck is held in the middle of reading a module."""
+    first, second = (make_module(16 * KIB, f"fsck-room-{i}") for i in range(2))
+    pushed = [
+        push_wasm_artifact(registry, unique_repo, f"v{i}", m) for i, m in enumerate((first, second))
+    ]
+    settings = settings_with(node_dirs, registry, max_bytes=24 * KIB, gc_interval=3600)
+    with in_process(node_dirs, settings) as (_, kubelet):
+        gone = kubelet.new_pod()
+        kubelet.publish(gone, {"url": pushed[0].reference})
+        kubelet.unpublish(gone)
+        hashing, release = threading.Event(), threading.Event()
+
+        def gate(_name: str) -> None:
+            hashing.set()
+            assert release.wait(60)
+
+        fsck = ThreadPoolExecutor(max_workers=1)
+        checked = fsck.submit(check_store, ModuleStore(node_dirs.root), hashing=gate)
+        try:
+            assert hashing.wait(10)
+            pod = kubelet.new_pod()
+            kubelet.publish(pod, {"url": pushed[1].reference}, timeout=30)
+            assert (pod.target / "plugin.wasm").read_bytes() == second
+            assert not (node_dirs.root / "modules" / pushed[0].module_sha256).exists()
+            assert not checked.done()  # fsck was still hashing the whole time
+        finally:
+            release.set()
+            fsck.shutdown()
+        assert checked.result().damaged == ()
+        kubelet.unpublish(pod)
 
 
 # a full disk
