@@ -69,6 +69,7 @@ from csi_wasm.formats.body import unpack_body
 from csi_wasm.formats.tarball import extract_plugin, is_disk_full
 from csi_wasm.formats.wasm import HEADER_SIZE
 from csi_wasm.mirrors import MirrorHealth, Mirrors
+from csi_wasm.progress import ProgressLog
 from csi_wasm.reference import Reference
 from csi_wasm.registry import (
     Credentials,
@@ -78,6 +79,7 @@ from csi_wasm.registry import (
     RegistryClient,
     display_url,
 )
+from csi_wasm.registry.transport import host_of
 from csi_wasm.settings import PullSettings
 
 if TYPE_CHECKING:
@@ -109,6 +111,7 @@ class _Pull:
     started: float = field(default_factory=time.monotonic)
     bytes_done: int = 0
     bytes_total: int = 0
+    host: str = ""  # where the download runs now (a mirror or the source); for the log
     # Guarded by Puller._lock: requests waiting on the future, whether the pull has
     # finished, and whether the pull's own pin on its module was handed back.
     waiters: int = 0
@@ -174,6 +177,7 @@ class Puller:
         max_parallel_pulls: int = 4,
         observer: PullObserver | None = None,
         space: CacheSpace | None = None,
+        progress: ProgressLog | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -188,6 +192,7 @@ class Puller:
         self._slots = threading.BoundedSemaphore(max_parallel_pulls)
         self._observer = observer
         self._space = space
+        self._progress = progress or ProgressLog()
 
     def get(
         self, request: ModuleRequest, pod_keychain: Keychain | None, wait: float
@@ -366,6 +371,7 @@ class Puller:
 
     def _run(self, key: PullKey, pull: _Pull) -> None:
         started = time.monotonic()
+        self._progress.watch(pull)
         try:
             with self._slots:
                 deadline = Deadline.after(self._settings.pull_timeout)
@@ -380,6 +386,7 @@ class Puller:
             self._finished(started, "success", pull.bytes_done)
             pull.future.set_result(result)  # pinned: see _leave
         finally:
+            self._progress.forget(pull)
             with self._lock:
                 self._inflight.pop(key, None)
                 pull.finished = True
@@ -424,6 +431,7 @@ class Puller:
     def _pull_url(self, pull: _Pull, source: HttpSource, deadline: Deadline) -> PulledModule:
         """Download a module named by URL and sha256; the body may be Wasm, gzip or a tarball."""
         where = display_url(source.url)
+        pull.host = host_of(source.url)
         limit = self._settings.max_module_bytes
         assert pull.sha256 is not None
         with (
@@ -449,6 +457,7 @@ class Puller:
         self, pull: _Pull, route: Reference, reference: Reference, deadline: Deadline
     ) -> PulledModule:
         """Pull ``reference`` from ``route`` (itself or a mirror's rewrite of it)."""
+        pull.host = route.registry
         sha256, keychain = pull.sha256, pull.keychain
         manifest, digests = self._resolve_manifest(route, keychain, deadline)
         where = str(reference)

@@ -228,6 +228,13 @@ class Prefetcher:
         shown = tracked.entry.shown
         digest: str | None = None
         error = ""
+        # Start and end of every attempt at info level: a fetch can hang on a registry
+        # for minutes, and the log alone must show what the prefetcher is doing.
+        started = self._clock()
+        log.info(
+            "prefetch attempt started",
+            extra={"fields": {"url": shown, "attempt": tracked.failures + 1}},
+        )
         try:
             digest = self._fetch(tracked.request)
         except CsiWasmError as caught:
@@ -243,17 +250,18 @@ class Prefetcher:
                 return
             now = self._clock()
             tracked.attempted = True
+            seconds = round(now - started, 3)
             if digest is not None:
-                self._succeeded(tracked, digest, now)
+                self._succeeded(tracked, digest, now, seconds)
             else:
-                self._failed(tracked, error, now)
+                self._failed(tracked, error, now, seconds)
         if self._on_result is not None:
             try:
                 self._on_result(shown, digest is not None)
             except Exception:
                 log.exception("prefetch result observer failed")
 
-    def _succeeded(self, tracked: _Tracked, digest: str, now: float) -> None:
+    def _succeeded(self, tracked: _Tracked, digest: str, now: float, seconds: float) -> None:
         previous, failures = tracked.digest, tracked.failures
         tracked.digest, tracked.failures = digest, 0
         tracked.error = tracked.logged_error = None
@@ -261,23 +269,26 @@ class Prefetcher:
             tracked.next_at = now + jittered(self._refresh, self._jitter(), _REFRESH_JITTER)
         else:
             tracked.next_at = math.inf
-        fields: dict[str, object] = {"url": tracked.entry.shown, "digest": digest}
+        fields: dict[str, object] = {
+            "url": tracked.entry.shown,
+            "digest": digest,
+            "seconds": seconds,
+        }
         if previous is not None and previous != digest:
             fields["previous_digest"] = previous
         if failures:
             fields["failed_attempts"] = failures
-        level = logging.INFO if previous != digest or failures else logging.DEBUG
-        log.log(level, "module prefetched", extra={"fields": fields})
+        log.info("module prefetched", extra={"fields": fields})
 
-    def _failed(self, tracked: _Tracked, error: str, now: float) -> None:
+    def _failed(self, tracked: _Tracked, error: str, now: float, seconds: float) -> None:
         tracked.failures += 1
         tracked.error = error
         delay = backoff_delay(
             tracked.failures, self._backoff_initial, self._backoff_max, self._jitter()
         )
         tracked.next_at = now + delay
-        # A repeat of the same message only at debug level: retries can be many.
-        level = logging.WARNING if error != tracked.logged_error else logging.DEBUG
+        # A new error is a warning; a repeat of the same one only ends the attempt.
+        level = logging.WARNING if error != tracked.logged_error else logging.INFO
         tracked.logged_error = error
         log.log(
             level,
@@ -288,6 +299,7 @@ class Prefetcher:
                     "error": error,
                     "attempt": tracked.failures,
                     "retry_in_s": round(delay, 1),
+                    "seconds": seconds,
                 }
             },
         )

@@ -199,6 +199,9 @@ def test_the_same_module_listed_twice_is_fetched_once(
     assert prefetcher.status() == {f"oci://{A}": f"ready {HEX_A}"}
 
 
+ENDS = ("module prefetched", "cannot prefetch module; will retry")
+
+
 def test_failures_are_retried_with_growing_backoff(
     fake_time: FakeTime,
     make_prefetcher: Callable[..., Prefetcher],
@@ -227,9 +230,16 @@ def test_failures_are_retried_with_growing_backoff(
     assert prefetcher.status() == {A: f"ready {HEX_A}"}
     assert prefetcher.pinned() == {HEX_A}
     assert results == [False, False, False, False, True]
-    # The same failure is a warning once, then debug; the recovery is logged.
+    # The same failure is a warning once, then info; the recovery is logged.
     assert warnings_in(caplog) == ["cannot prefetch module; will retry"]
     assert "failed_attempts" in logged_text(caplog)
+    # Every attempt's start and end is in the log at info level, with how long it took.
+    infos = [r for r in caplog.records if r.levelno >= logging.INFO]
+    started = [r.fields["attempt"] for r in infos if r.getMessage() == "prefetch attempt started"]  # type: ignore[attr-defined]
+    ended = [r for r in infos if r.getMessage() in ENDS]
+    assert started == [1, 2, 3, 4, 5]
+    assert [r.getMessage() for r in ended] == [ENDS[1]] * 4 + [ENDS[0]]
+    assert all("seconds" in r.fields for r in ended)  # type: ignore[attr-defined]
 
 
 def test_the_backoff_is_capped_and_jittered(
