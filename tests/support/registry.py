@@ -126,6 +126,12 @@ class Registry:
     storage and the port, so :meth:`start` can bring the same registry back (handy to
     test outages; the restart fails if something else took the port meanwhile).
     Never stop the session-wide fixtures: make a private ``Registry`` for that.
+
+    ``proxy_of`` (an origin's URL) makes it a pull-through cache of that origin
+    (distribution's ``proxy.remoteurl``, as Harbor's proxy cache): it answers pulls from
+    its storage and fetches what it lacks from the origin once. Distribution 2.8 keeps
+    fetched content for a fixed week; a tag is looked up on the origin at every manifest
+    request and the cached one is served only while the origin cannot be reached.
     """
 
     def __init__(
@@ -136,6 +142,7 @@ class Registry:
         username: str = "csi-wasm",
         password: str | None = None,
         start_timeout: float = 30.0,
+        proxy_of: str | None = None,
     ) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="registry-")) if workdir is None else workdir
@@ -149,6 +156,7 @@ class Registry:
         self.username: str | None = username if auth else None
         self.password: str | None = (password or secrets.token_urlsafe(12)) if auth else None
         self.start_timeout = start_timeout
+        self.proxy_of = proxy_of
         self.port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_files: list[IO[bytes]] = []
@@ -213,6 +221,8 @@ class Registry:
                 "headers": {"X-Content-Type-Options": ["nosniff"]},
             },
         }
+        if self.proxy_of is not None:
+            config["proxy"] = {"remoteurl": self.proxy_of}
         if self.auth_enabled:
             assert self.username is not None and self.password is not None
             self.htpasswd_path.write_text(make_htpasswd_line(self.username, self.password))
@@ -506,9 +516,11 @@ class Registry:
 
 
 @contextlib.contextmanager
-def running_registry(workdir: Path | None = None, *, auth: bool = False) -> Iterator[Registry]:
+def running_registry(
+    workdir: Path | None = None, *, auth: bool = False, proxy_of: str | None = None
+) -> Iterator[Registry]:
     """Context manager form, for tests that need a registry of their own."""
-    reg = Registry(workdir, auth=auth)
+    reg = Registry(workdir, auth=auth, proxy_of=proxy_of)
     try:
         yield reg.start()
     finally:
