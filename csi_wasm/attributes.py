@@ -18,7 +18,9 @@ from csi_wasm.registry.http_source import display_url
 URL = "url"
 SHA256 = "sha256"
 PULL_POLICY = "imagePullPolicy"
-ACCEPTED_KEYS = (URL, SHA256, PULL_POLICY)
+VERIFY = "verify"  # "required": the module must carry a verified signature
+VERIFY_KEYS = "verifyKeys"  # "a,b": one of these --verify-key names must have signed it
+ACCEPTED_KEYS = (URL, SHA256, PULL_POLICY, VERIFY, VERIFY_KEYS)
 KUBELET_PREFIX = "csi.storage.k8s.io/"
 
 POD_NAME = "csi.storage.k8s.io/pod.name"
@@ -50,6 +52,8 @@ class ModuleRequest:
     source: ModuleSource
     sha256: str | None  # lowercase hex, no algorithm prefix
     pull_policy: PullPolicy
+    verify_required: bool = False  # pod attributes only ever add signature demands
+    verify_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,12 @@ def parse_attributes(volume_context: Mapping[str, str]) -> ModuleRequest:
             f"url {display_url(url)!r} is fetched over HTTP(S), so volume attribute 'sha256' "
             "is required (the module's sha256 in hex)"
         )
-    return ModuleRequest(source, sha256, _parse_policy(volume_context.get(PULL_POLICY, ""), source))
+    return ModuleRequest(
+        source,
+        sha256,
+        _parse_policy(volume_context.get(PULL_POLICY, ""), source),
+        *_parse_verify(volume_context),
+    )
 
 
 def parse_source(url: str) -> ModuleSource:
@@ -121,6 +130,18 @@ def _parse_sha256(value: str) -> str | None:
             f"volume attribute 'sha256' {value[:80]!r} is not a sha256: expected 64 hex digits"
         )
     return hex_part
+
+
+def _parse_verify(volume_context: Mapping[str, str]) -> tuple[bool, tuple[str, ...]]:
+    """``verify`` takes only ``required``; ``verifyKeys`` is a comma-separated list of names."""
+    verify = volume_context.get(VERIFY, "").strip()
+    if verify not in ("", "required"):
+        raise InvalidArgument(
+            f"volume attribute 'verify' {verify[:40]!r} is not 'required' (the only value: "
+            "a pod may ask for a signature, never waive one the node requires)"
+        )
+    keys = tuple(k.strip() for k in volume_context.get(VERIFY_KEYS, "").split(",") if k.strip())
+    return verify == "required", keys
 
 
 def _parse_policy(value: str, source: ModuleSource) -> PullPolicy:

@@ -27,6 +27,7 @@ from csi_wasm.settings import (
     NodeSettings,
     PullSettings,
     ServeSettings,
+    VerifySettings,
 )
 
 ENV_PREFIX = "CSI_WASM_"
@@ -289,7 +290,32 @@ def _add_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
         type=parse_duration,
         help="how often the cache is garbage-collected (a pull short of room also runs it)",
     )
+    _verify_flags(flag)
     _log_flag(flag)
+
+
+def _verify_flags(flag: FlagAdder) -> None:
+    flag(
+        "--verify-key",
+        default=[],
+        action=_AppendOverEnvironment,
+        metavar="NAME=PATH",
+        help="a public key (PEM, as cosign.pub) that may sign modules, named for the policy "
+        "and the verifyKeys attribute (repeatable)",
+    )
+    flag(
+        "--verify-policy",
+        default=None,
+        metavar="FILE",
+        help="YAML rules: which registry/repository globs need a signature by which keys, "
+        "enforce or warn",
+    )
+    flag(
+        "--verify-unmatched",
+        default="allow",
+        choices=("allow", "deny"),
+        help="what happens to a module no policy rule matches",
+    )
 
 
 def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
@@ -362,6 +388,11 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
             credential_recheck=args.credential_recheck,
         ),
         cache=cache_settings_from(args),
+        verify=VerifySettings(
+            keys=tuple(args.verify_key),
+            policy=args.verify_policy or None,
+            unmatched_deny=args.verify_unmatched == "deny",
+        ),
         prefetch=tuple(args.prefetch),
         prefetch_configmap=args.prefetch_configmap or None,
         prefetch_file=Path(args.prefetch_file) if args.prefetch_file else None,

@@ -32,6 +32,10 @@ Metrics:
 - ``csi_wasm_mirror_up{mirror}`` (gauge): 1 while a ``--registry-mirror`` host is used, 0
   while it is marked down after a failure (pulls go to the source until its backoff ends);
   one series per configured mirror host.
+- ``csi_wasm_signature_verifications_total{result,layout}`` (counter): signature checks
+  that went to the registry, by ``result`` (``verified``, ``rejected``, ``warned``: failed
+  under a warn rule and served, ``error``: the registry failed) and the ``layout`` of the
+  accepted signature (``simplesigning``, ``bundle``; ``none`` when none verified).
 - ``csi_wasm_build_info{version,python}`` (gauge, always 1): driver and Python versions.
 - ``csi_wasm_catalog_entries{state}`` (gauge): node catalog entries by state, ``ready``,
   ``pending`` or ``failed`` (computed at scrape time; see :meth:`Metrics.set_catalog_source`).
@@ -239,6 +243,16 @@ class _CatalogCollector:
         return [family]
 
 
+# The signature series that exist (a check that passed names the layout that did).
+_SIGNATURE_SERIES = (
+    ("verified", "simplesigning"),
+    ("verified", "bundle"),
+    ("rejected", "none"),
+    ("warned", "none"),
+    ("error", "none"),
+)
+
+
 class Metrics:
     """The driver's metrics, in their own registry unless one is given."""
 
@@ -303,6 +317,12 @@ class Metrics:
             ["mirror"],
             registry=None,
         )
+        self._signature_checks = Counter(
+            "csi_wasm_signature_verifications",
+            "Signature checks that went to the registry, by result and layout.",
+            ["result", "layout"],
+            registry=None,
+        )
         build_info = Gauge(
             "csi_wasm_build_info",
             "Driver and Python versions; always 1.",
@@ -318,6 +338,8 @@ class Metrics:
             self._evictions.labels(reason=reason)
         for result in ("success", "failure"):
             self._prefetches.labels(result=result)
+        for result, layout in _SIGNATURE_SERIES:
+            self._signature_checks.labels(result=result, layout=layout)
 
         self._state = _StateCollector()
         self.registry.register(
@@ -333,6 +355,7 @@ class Metrics:
                     self._freed_bytes,
                     self._prefetches,
                     self._mirror_up,
+                    self._signature_checks,
                     build_info,
                 ]
             )
@@ -340,6 +363,10 @@ class Metrics:
         self.registry.register(self._state)
         self._catalog = _CatalogCollector()
         self.registry.register(self._catalog)
+
+    def observe_signature_check(self, result: str, layout: str) -> None:
+        """Count one signature check (labels are the few fixed words of the module doc)."""
+        self._signature_checks.labels(result=result, layout=layout).inc()
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         """Count one CSI call.

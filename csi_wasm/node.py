@@ -28,11 +28,13 @@ from csi_wasm.errors import (
     FailedPrecondition,
     Internal,
     InvalidArgument,
+    SignatureRejected,
     Unavailable,
 )
 from csi_wasm.kube.events import (
     REASON_FAILED_PULL,
     REASON_INVALID_MODULE,
+    REASON_SIGNATURE_FAILED,
     EventRecorder,
     NullRecorder,
 )
@@ -76,6 +78,7 @@ class PublishResult:
     module_size: int
     from_cache: bool
     already_published: bool
+    warning: str | None = None  # a signature check failed under a warn rule
 
 
 class NodeService:
@@ -104,6 +107,8 @@ class NodeService:
             if not isinstance(error, Aborted):  # kubelet's overlap, not the pod's problem
                 self._events.failed(pod, _event_reason(error), error.message)
             raise
+        if result.warning:
+            self._events.failed(pod, REASON_SIGNATURE_FAILED, result.warning)
         if not result.already_published:
             url = request.volume_context.get(attributes.URL, "")
             self._events.pulled(
@@ -151,7 +156,9 @@ class NodeService:
                 self._mount(record, module, target)
             finally:
                 self._modules.release(module)  # the record (or nothing) holds it now
-            return PublishResult(module.digest, module.size, module.from_cache, False)
+            return PublishResult(
+                module.digest, module.size, module.from_cache, False, module.warning
+            )
 
     def unpublish(self, volume_id: str, target_path: str) -> None:
         volume_id = _require(volume_id, "volume_id")
@@ -220,6 +227,8 @@ class NodeService:
 
 def _event_reason(error: CsiWasmError) -> str:
     """The module itself is wrong (InvalidModule), or getting it failed (FailedPull)."""
+    if isinstance(error, SignatureRejected):
+        return REASON_SIGNATURE_FAILED
     if error.code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "ALREADY_EXISTS"):
         return REASON_INVALID_MODULE
     return REASON_FAILED_PULL

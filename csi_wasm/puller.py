@@ -27,6 +27,7 @@ room and the pull is retried once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -48,6 +49,7 @@ from csi_wasm.errors import (
     DigestMismatch,
     FailedPrecondition,
     HostUnavailable,
+    InvalidArgument,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
@@ -81,6 +83,9 @@ from csi_wasm.registry import (
 )
 from csi_wasm.registry.transport import host_of
 from csi_wasm.settings import PullSettings
+from csi_wasm.verify.gate import SignatureGate
+from csi_wasm.verify.policy import NO_REQUIREMENT, Requirement
+from csi_wasm.verify.signatures import Outcome
 
 if TYPE_CHECKING:
     pass
@@ -97,6 +102,7 @@ class PulledModule:
     size: int
     manifest_digest: str | None
     from_cache: bool
+    warning: str | None = None  # served despite a failed signature check (a warn rule)
 
 
 @dataclass
@@ -117,6 +123,7 @@ class _Pull:
     waiters: int = 0
     finished: bool = False
     released: bool = False
+    requirement: Requirement = NO_REQUIREMENT  # signatures the module must carry
 
     @property
     def shown(self) -> str:
@@ -178,6 +185,7 @@ class Puller:
         observer: PullObserver | None = None,
         space: CacheSpace | None = None,
         progress: ProgressLog | None = None,
+        signatures: SignatureGate | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -193,6 +201,7 @@ class Puller:
         self._observer = observer
         self._space = space
         self._progress = progress or ProgressLog()
+        self._signatures = signatures
 
     def get(
         self, request: ModuleRequest, pod_keychain: Keychain | None, wait: float
@@ -202,6 +211,7 @@ class Puller:
         The module is pinned: call :meth:`release` when done with it.
         """
         source = request.source
+        requirement = self._requirement(request)
         if isinstance(source, HttpSource):
             # Named by its sha256 (required for URLs): the cache always answers first.
             assert request.sha256 is not None
@@ -213,7 +223,7 @@ class Puller:
         keychain = _merge(pod_keychain, self._node_keychain)
         requester = pod_keychain.for_registry(source.registry) if pod_keychain else None
         if request.pull_policy is PullPolicy.IF_NOT_PRESENT:
-            cached = self.cached(source, request.sha256)
+            cached = self._keep_if_signed(self.cached(source, request.sha256), requirement)
             self._observe_lookup(cached)
             if cached is not None:
                 try:
@@ -222,7 +232,29 @@ class Puller:
                     self.release(cached)
                     raise
                 return cached
-        return self._wait(self._join_or_start(source, request.sha256, keychain, requester), wait)
+        pull = self._join_or_start(source, request.sha256, keychain, requester, requirement)
+        return self._wait(pull, wait)
+
+    def _requirement(self, request: ModuleRequest) -> Requirement:
+        if self._signatures is not None:
+            return self._signatures.requirement(request)
+        if request.verify_required or request.verify_keys:
+            raise InvalidArgument(
+                "volume attributes 'verify'/'verifyKeys' ask for a signature, but this node "
+                "checks none (no --verify-key)"
+            )
+        return NO_REQUIREMENT
+
+    def _keep_if_signed(
+        self, cached: PulledModule | None, requirement: Requirement
+    ) -> PulledModule | None:
+        """A cached module without the verdicts its requirement needs is a miss: verify first."""
+        if cached is None or self._signatures is None:
+            return cached
+        if self._signatures.satisfied(cached.manifest_digest, requirement):
+            return cached
+        self.release(cached)
+        return None
 
     def release(self, module: PulledModule) -> None:
         """Unpin a module :meth:`get` returned: from now on only volume records keep it."""
@@ -349,16 +381,19 @@ class Puller:
         sha256: str | None,
         keychain: Keychain | None,
         requester: Credentials | None,
+        requirement: Requirement = NO_REQUIREMENT,
     ) -> _Pull:
         # Requests with other credentials never share a download: that would hand a
-        # module fetched with one pod's secret to a pod without it.
-        key: PullKey = (str(source), sha256, requester.fingerprint() if requester else None)
+        # module fetched with one pod's secret to a pod without it. Nor do requests
+        # that need other signatures (one pull checks one requirement).
+        shown = f"{source} verify[{requirement.token()}]" if requirement else str(source)
+        key: PullKey = (shown, sha256, requester.fingerprint() if requester else None)
         with self._lock:
             pull = self._inflight.get(key)
             if pull is not None:
                 pull.waiters += 1
                 return pull
-            pull = _Pull(source, sha256, keychain, requester, waiters=1)
+            pull = _Pull(source, sha256, keychain, requester, waiters=1, requirement=requirement)
             self._inflight[key] = pull
         thread = threading.Thread(
             target=self._run,
@@ -461,13 +496,15 @@ class Puller:
         sha256, keychain = pull.sha256, pull.keychain
         manifest, digests = self._resolve_manifest(route, keychain, deadline)
         where = str(reference)
+        # Before any module byte: the digest the reference resolved to must be signed.
+        outcome = self._check_signatures(pull, route, digests[0], deadline)
         known = self._store.module_for_manifest(manifest.digest)
         if known is not None:
             _check_sha256(sha256, known, digests, where)
             self._remember(reference, digests, known)
             found = self._pinned(known, manifest.digest, from_cache=True)
             if found is not None:
-                return found
+                return self._signed(found, outcome, digests[0])
             # evicted since the lookup: download it again
         image = parse_image_manifest(manifest.body, manifest.media_type, where)
         package, layer = select_format(image, where)
@@ -515,7 +552,27 @@ class Puller:
         except BaseException:
             self._store.unpin(module_hex)
             raise
-        return self._stored_pinned(module_hex, manifest.digest, from_cache=False)
+        pulled = self._stored_pinned(module_hex, manifest.digest, from_cache=False)
+        return self._signed(pulled, outcome, digests[0])
+
+    def _check_signatures(
+        self, pull: _Pull, route: Reference, digest: str, deadline: Deadline
+    ) -> Outcome | None:
+        """Verify ``digest``'s signatures unless kept verdicts already satisfy the pull."""
+        gate, requirement = self._signatures, pull.requirement
+        if gate is None or not requirement or gate.satisfied(digest, requirement):
+            return None
+        return gate.check(route, pull.shown, digest, pull.keychain, deadline, requirement)
+
+    def _signed(self, module: PulledModule, outcome: Outcome | None, digest: str) -> PulledModule:
+        """Keep the verdicts of a check with the module now stored; carry its warning."""
+        if outcome is None or self._signatures is None:
+            return module
+        try:
+            self._signatures.remember(digest, outcome, module.digest)
+        except OSError as error:  # a lost verdict only costs a verification next time
+            log.warning("could not keep a signature verdict: %s", error)
+        return dataclasses.replace(module, warning=outcome.warning) if outcome.warning else module
 
     def _resolve_manifest(
         self, route: Reference, keychain: Keychain | None, deadline: Deadline

@@ -29,6 +29,15 @@ class PullSettings:
 
 
 @dataclass(frozen=True)
+class VerifySettings:
+    """Which signatures modules must carry (see :mod:`csi_wasm.verify.policy`)."""
+
+    keys: tuple[str, ...] = ()  # --verify-key NAME=PATH, loaded at start-up
+    policy: str | None = None  # --verify-policy FILE
+    unmatched_deny: bool = False  # --verify-unmatched deny
+
+
+@dataclass(frozen=True)
 class CacheSettings:
     """How the module cache is kept bounded (see :mod:`csi_wasm.cache.gc`)."""
 
@@ -58,6 +67,7 @@ class ServeSettings:
     node: NodeSettings
     pull: PullSettings = field(default_factory=PullSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    verify: VerifySettings = field(default_factory=VerifySettings)
     prefetch: tuple[str, ...] = ()  # --prefetch values, checked by the CLI
     prefetch_configmap: str | None = None  # NAMESPACE/NAME of the list to watch
     prefetch_file: Path | None = None  # the same JSON list in a file, re-read when it changes

@@ -141,7 +141,18 @@ def test_unknown_keys_are_reported_before_a_missing_url() -> None:
 
 
 def test_accepted_keys_constant() -> None:
-    assert ACCEPTED_KEYS == ("url", "sha256", "imagePullPolicy")
+    assert ACCEPTED_KEYS == ("url", "sha256", "imagePullPolicy", "verify", "verifyKeys")
+
+
+def test_verify_attributes_only_ask_for_more() -> None:
+    request = parse_attributes(
+        {"url": "ghcr.io/a/b:v1", "verify": "required", "verifyKeys": " team-a, ,release "}
+    )
+    assert request.verify_required and request.verify_keys == ("team-a", "release")
+    plain = parse_attributes({"url": "ghcr.io/a/b:v1"})
+    assert not plain.verify_required and plain.verify_keys == ()
+    for waiver in ("false", "none", "optional", "skip"):
+        assert "is not 'required'" in invalid({"url": "ghcr.io/a/b:v1", "verify": waiver})
 
 
 def test_kubelet_keys_are_accepted() -> None:

@@ -283,6 +283,7 @@ def test_every_exposed_name_follows_the_contract(served: Served) -> None:
     m.observe_pull("internal", 1.0, 0)
     m.observe_cache_lookup(hit=True)
     m.set_mirror_up("mirror.example:5000", False)
+    m.observe_signature_check("verified", "bundle")
     m.set_state_source(lambda: StateSnapshot(1, 1, 1, 1))
 
     body = get(served.url("/metrics")).body
@@ -299,6 +300,7 @@ def test_every_exposed_name_follows_the_contract(served: Served) -> None:
         "csi_wasm_gc_freed_bytes",
         "csi_wasm_prefetch_attempts",
         "csi_wasm_mirror_up",
+        "csi_wasm_signature_verifications",
         "csi_wasm_build_info",
         *STATE_GAUGES,
     }

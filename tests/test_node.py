@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from support.cosign import Signer
 from support.driver import NodeDirs
 from support.kubelet import PodVolume
 from support.oci import push_wasm_artifact
@@ -22,12 +23,21 @@ from csi_wasm.access import AccessRecords
 from csi_wasm.attributes import ModuleRequest, PodInfo
 from csi_wasm.cache.store import ModuleStore
 from csi_wasm.cache.volumes import VolumeRecords
-from csi_wasm.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from csi_wasm.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SignatureRejected,
+    Unavailable,
+)
 from csi_wasm.mounts import KernelMounter
 from csi_wasm.node import NodeService, PublishRequest
 from csi_wasm.puller import PulledModule, Puller
 from csi_wasm.registry import Keychain, RegistryClient, RegistryOptions
 from csi_wasm.settings import PullSettings
+from csi_wasm.verify.gate import SignatureGate
+from csi_wasm.verify.keys import parse_public_key
+from csi_wasm.verify.policy import parse_policy
 
 
 @dataclass
@@ -189,3 +199,40 @@ def test_a_module_removed_before_its_mount_is_unavailable(node_dirs: NodeDirs) -
     assert modules.released == ["ab" * 32]
     assert records.all() == []
     assert not pod.target.exists()
+
+
+def test_signature_failures_are_reported_as_signature_events(
+    node_dirs: NodeDirs,
+    registry: Registry,
+    events: RecordingEvents,
+    store: ModuleStore,
+    unique_repo: str,
+) -> None:
+    keys = {"team-a": parse_public_key("team-a", Signer.p256().public_pem(), "team-a")}
+    rules = (
+        f'rules:\n- {{match: "{registry.host}/{unique_repo}/enforced", keys: [team-a]}}\n'
+        f'- {{match: "{registry.host}/{unique_repo}/warned", keys: [team-a], mode: warn}}\n'
+    )
+    settings = PullSettings(insecure_registries=frozenset({registry.host}))
+    records = VolumeRecords(node_dirs.root / "volumes")
+    records.prepare()
+    access = AccessRecords(node_dirs.root / "access")
+    access.prepare()
+    client = RegistryClient(RegistryOptions(insecure_registries=settings.insecure_registries))
+    gate = SignatureGate(keys, parse_policy(rules, "p", keys), store, client)
+    puller = Puller(store, client, settings, access, signatures=gate)
+    service = NodeService(node_dirs.kubelet_dir / "pods", puller, records, KernelMounter(), events)
+    module = make_module(1024, "unsigned")
+    enforced = push_wasm_artifact(registry, f"{unique_repo}/enforced", "v1", module)
+    warned = push_wasm_artifact(registry, f"{unique_repo}/warned", "v1", module)
+    try:
+        with pytest.raises(SignatureRejected) as refused:
+            service.publish(_request(_pod(node_dirs, "a"), enforced.reference), wait=30)
+        service.publish(_request(_pod(node_dirs, "b"), warned.reference), wait=30)
+    finally:
+        client.close()
+    assert events.seen[0] == ("SignatureVerificationFailed", "team/a", refused.value.message)
+    reason, pod, message = events.seen[1]
+    assert (reason, pod) == ("SignatureVerificationFailed", "team/b")
+    assert message.startswith(f"{warned.reference}: rule ") and "0 of 0 signatures" in message
+    assert events.seen[2][0] == "Pulled"

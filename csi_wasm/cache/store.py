@@ -5,6 +5,8 @@ Layout (everything the driver owns lives below the root)::
     modules/<sha256 hex>/plugin.wasm   a verified module, 0444, in a 0755 directory
     index/manifests/<sha256 hex>       manifest digest -> module digest
     index/refs/<sha256 of ref>         tag reference -> manifest digest (serves IfNotPresent)
+    index/verdicts/<manifest>.<key>    a signature of the manifest verified with the key
+                                       (sha256 of its SPKI) -> module digest
     tmp/                               downloads in progress; emptied at start-up
     trash/<hex>.<token>                modules being evicted (see :mod:`csi_wasm.cache.gc`)
     quarantine/<hex>.<time>            modules that failed ``csi-wasm fsck``
@@ -73,6 +75,7 @@ class ModuleStore:
         self.modules_dir = root / "modules"
         self.manifests_dir = root / "index" / "manifests"
         self.refs_dir = root / "index" / "refs"
+        self.verdicts_dir = root / "index" / "verdicts"
         self.tmp_dir = root / "tmp"
         self.trash_dir = root / "trash"
         self.quarantine_dir = root / "quarantine"
@@ -339,6 +342,25 @@ class ModuleStore:
         body = json.dumps({"reference": reference, "manifest": manifest_digest}).encode()
         _write_index(self.refs_dir / _key(reference), body)
 
+    def has_verdict(self, manifest_digest: str, fingerprint: str) -> bool:
+        """True if a signature of the manifest verified with this key, and its module is stored.
+
+        A verdict goes with its module: once the module is evicted, the verdict reads as
+        absent (and :meth:`prune_index` removes it), so a new pull verifies again.
+        """
+        entry = self.verdicts_dir / f"{_hex(manifest_digest)}.{fingerprint}"
+        try:
+            module_hex = entry.read_text().strip()
+        except (FileNotFoundError, ValueError):
+            return False
+        return is_sha256_hex(module_hex) and self.has_module(module_hex)
+
+    def record_verdict(self, manifest_digest: str, fingerprint: str, module_hex: str) -> None:
+        """Keep a successful verification (failures are never kept: a retry looks again)."""
+        self.verdicts_dir.mkdir(parents=True, exist_ok=True)
+        entry = self.verdicts_dir / f"{_hex(manifest_digest)}.{fingerprint}"
+        _write_index(entry, module_hex.encode())
+
     def prune_index(self) -> int:
         """Drop index entries that lead to no stored module; returns how many.
 
@@ -375,6 +397,23 @@ class ModuleStore:
                     and is_sha256_hex(_hex(manifest))
                     and (self.manifests_dir / _hex(manifest)).is_file()
                 ):
+                    removed += remove(Path(entry.path), durable=False)
+        removed += self._prune_verdicts()
+        return removed
+
+    def _prune_verdicts(self) -> int:
+        removed = 0
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.verdicts_dir) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    module_hex = Path(entry.path).read_text().strip()
+                except FileNotFoundError:
+                    continue
+                except (OSError, ValueError):
+                    module_hex = ""
+                if not (is_sha256_hex(module_hex) and self.has_module(module_hex)):
                     removed += remove(Path(entry.path), durable=False)
         return removed
 

@@ -68,6 +68,7 @@ WARNING = "Warning"
 REASON_PULLED = "Pulled"
 REASON_FAILED_PULL = "FailedPull"
 REASON_INVALID_MODULE = "InvalidModule"
+REASON_SIGNATURE_FAILED = "SignatureVerificationFailed"  # refused, or served under warn
 REASON_INVALID_CATALOG_ENTRY = "InvalidCatalogEntry"
 
 DEFAULT_COMPONENT = "csi-wasm"

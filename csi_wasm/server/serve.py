@@ -41,7 +41,10 @@ from csi_wasm.puller import Puller
 from csi_wasm.registry import Keychain, RegistryClient, RegistryOptions
 from csi_wasm.server.identity import IdentityServicer
 from csi_wasm.server.node import NodeServicer
-from csi_wasm.settings import ServeSettings
+from csi_wasm.settings import ServeSettings, VerifySettings
+from csi_wasm.verify.gate import SignatureGate
+from csi_wasm.verify.keys import PublicKey, load_keys
+from csi_wasm.verify.policy import Policy, load_policy
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,35 @@ class _PullMetrics:
 
     def pull_finished(self, result: str, seconds: float, size: int) -> None:
         self._metrics.observe_pull(result, seconds, size)
+
+
+class _SignatureMetrics:
+    """The signature gate's observer, reporting to Prometheus."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def signature_checked(self, result: str, layout: str) -> None:
+        self._metrics.observe_signature_check(result, layout)
+
+
+def _load_verification(settings: VerifySettings) -> tuple[dict[str, PublicKey], Policy]:
+    """Keys and policy, loaded first: a bad file stops ``serve`` (ValueError, named)."""
+    keys = load_keys(settings.keys)
+    policy_file = Path(settings.policy) if settings.policy else None
+    policy = load_policy(policy_file, keys, unmatched_deny=settings.unmatched_deny)
+    if keys:
+        log.info(
+            "signature verification configured",
+            extra={
+                "fields": {
+                    "keys": {name: key.description for name, key in keys.items()},
+                    "rules": len(policy.rules),
+                    "unmatched": "deny" if policy.unmatched_deny else "allow",
+                }
+            },
+        )
+    return keys, policy
 
 
 class _GcMetrics:
@@ -126,6 +158,7 @@ def _node_keychain(path: str | None) -> Keychain | None:
 
 def start(settings: ServeSettings) -> Driver:
     node, pull = settings.node, settings.pull
+    verification = _load_verification(settings.verify)
     mirrors = Mirrors(parse_mirror(text) for text in pull.registry_mirrors)
     node_keychain = _node_keychain(pull.docker_config)
     path = socket_path(settings.endpoint)
@@ -155,6 +188,7 @@ def start(settings: ServeSettings) -> Driver:
         mirror_health=mirror_health,
         observer=_PullMetrics(metrics),
         space=collector,
+        signatures=SignatureGate(*verification, store, registry, _SignatureMetrics(metrics)),
     )
     events = recorder_from_environment(node.node_id, driver_name=node.driver_name)
     service = NodeService(node.pods_dir, puller, records, KernelMounter(), events)

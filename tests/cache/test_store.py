@@ -480,6 +480,23 @@ def test_prune_index_drops_entries_leading_nowhere(store: ModuleStore) -> None:
     assert store.prune_index() == 0
 
 
+def test_a_verdict_goes_with_its_module(store: ModuleStore) -> None:
+    module_hex, _ = commit_bytes(store, make_module(300, "signed"))
+    key_a, key_b = "a" * 64, "b" * 64
+    assert not store.has_verdict(MANIFEST_DIGEST, key_a)
+    store.record_verdict(MANIFEST_DIGEST, key_a, module_hex)
+    assert store.has_verdict(MANIFEST_DIGEST, key_a)
+    assert not store.has_verdict(MANIFEST_DIGEST, key_b)  # another key: verify again
+    assert not store.has_verdict("sha256:" + "05" * 32, key_a)
+    assert store.prune_index() == 0
+    with store.lock:  # as the collector evicts
+        trash = store.discard_locked(module_hex)
+    assert trash is not None
+    assert not store.has_verdict(MANIFEST_DIGEST, key_a)
+    assert store.prune_index() == 1
+    assert os.listdir(store.verdicts_dir) == []
+
+
 def test_exclusive_holds_the_root_lock_file(store: ModuleStore) -> None:
     probe = os.open(store.lock_file, os.O_RDWR | os.O_CREAT)
     try:
