@@ -7,11 +7,14 @@ import os
 import tempfile
 from pathlib import Path
 
+from csi_wasm.faults import naming
+
 
 def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        with naming(directory):
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -25,7 +28,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = 
     """
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with naming(temp_name), os.fdopen(fd, "wb") as out:
             out.write(data)
             out.flush()
             os.fchmod(out.fileno(), mode)

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from csi_wasm import __version__, logs
+from csi_wasm.errors import CsiWasmError
+from csi_wasm.faults import explain
 from csi_wasm.settings import (
     DEFAULT_CACHE_MAX_BYTES,
     DEFAULT_DRIVER_NAME,
@@ -413,6 +415,17 @@ def cache_settings_from(args: argparse.Namespace) -> CacheSettings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; a failure it cannot go on from is one line on stderr, never a traceback."""
+    try:
+        return _main(argv)
+    except OSError as error:  # e.g. a --root that cannot be created or written
+        print(f"csi-wasm: {explain(error)}", file=sys.stderr)
+    except CsiWasmError as error:
+        print(f"csi-wasm: {error.message}", file=sys.stderr)
+    return 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "gc":

@@ -10,7 +10,7 @@ one place, :mod:`csi_wasm.server.rpc`, so nothing below the server imports grpc.
     ├── AlreadyExists        volume id already published differently         (final)
     ├── PermissionDenied     registry refused or needs credentials           (final)
     ├── Aborted              another operation on the volume is in flight    (retry)
-    ├── Unavailable          registry unreachable, 5xx, throttled            (retry)
+    ├── Unavailable          registry unreachable, 5xx; --root unusable      (retry)
     │   └── HostUnavailable      a host failed to answer (a mirror is then marked down)
     ├── DeadlineExceeded     pull or call ran out of time                    (retry)
     ├── FailedPrecondition   digest mismatch, not Wasm, unsupported, too big (final)

@@ -510,9 +510,7 @@ class _Handler(BaseHTTPRequestHandler):
             if ready:
                 self._send(200, b"ok", with_body=with_body)
             else:
-                self._send(
-                    503, b"not ready: the driver is starting or stopping\n", with_body=with_body
-                )
+                self._send(503, b"not ready: --root cannot be written\n", with_body=with_body)
         else:
             self._send(404, b"not found; try /metrics, /healthz or /readyz\n", with_body=with_body)
 

@@ -31,6 +31,7 @@ from csi_wasm.errors import (
     SignatureRejected,
     Unavailable,
 )
+from csi_wasm.faults import disk_faults
 from csi_wasm.kube.events import (
     REASON_FAILED_PULL,
     REASON_INVALID_MODULE,
@@ -102,7 +103,8 @@ class NodeService:
         started = time.monotonic()
         pod = attributes.pod_info(request.volume_context)
         try:
-            result = self._publish(request, wait)
+            with disk_faults():  # the root's faults are named, never INTERNAL
+                result = self._publish(request, wait)
         except CsiWasmError as error:
             if not isinstance(error, Aborted):  # kubelet's overlap, not the pod's problem
                 self._events.failed(pod, _event_reason(error), error.message)
@@ -163,7 +165,7 @@ class NodeService:
     def unpublish(self, volume_id: str, target_path: str) -> None:
         volume_id = _require(volume_id, "volume_id")
         target = self._confine(target_path)
-        with self._locks.hold(volume_id):
+        with disk_faults(), self._locks.hold(volume_id):
             existing = self._records.get(volume_id)
             self._mounter.unmount(target)
             _remove_target(target)

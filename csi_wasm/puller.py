@@ -55,6 +55,7 @@ from csi_wasm.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from csi_wasm.faults import disk_faults
 from csi_wasm.formats import (
     SNIFF_BYTES,
     Unpack,
@@ -210,6 +211,12 @@ class Puller:
 
         The module is pinned: call :meth:`release` when done with it.
         """
+        with disk_faults():  # the cache's faults are named (the pull's: see _run)
+            return self._get(request, pod_keychain, wait)
+
+    def _get(
+        self, request: ModuleRequest, pod_keychain: Keychain | None, wait: float
+    ) -> PulledModule:
         source = request.source
         requirement = self._requirement(request)
         if isinstance(source, HttpSource):

@@ -6,6 +6,7 @@ requests are tested in test_events.py against a fake API server).
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from support.wasm import make_module
 from csi_wasm.access import AccessRecords
 from csi_wasm.attributes import ModuleRequest, PodInfo
 from csi_wasm.cache.store import ModuleStore
-from csi_wasm.cache.volumes import VolumeRecords
+from csi_wasm.cache.volumes import VolumeRecord, VolumeRecords
 from csi_wasm.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -236,3 +237,32 @@ def test_signature_failures_are_reported_as_signature_events(
     assert (reason, pod) == ("SignatureVerificationFailed", "team/b")
     assert message.startswith(f"{warned.reference}: rule ") and "0 of 0 signatures" in message
     assert events.seen[2][0] == "Pulled"
+
+
+class FailingDisk(VolumeRecords):
+    """Volume records on a disk whose reads fail with EIO (publish and unpublish read first).
+
+    No filesystem the tests can make gives EIO on demand, so this one comes from the
+    records' storage seam; read-only, full and descriptor-starved roots are real in
+    tests/server/test_root_faults.py.
+    """
+
+    def get(self, volume_id: str) -> VolumeRecord | None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO), os.fspath(self._path(volume_id)))
+
+
+def test_an_io_error_is_unavailable_naming_the_file_and_told_to_the_pod(
+    node_dirs: NodeDirs, events: RecordingEvents
+) -> None:
+    records = FailingDisk(node_dirs.root / "volumes")
+    modules = VanishingModules(node_dirs.root / "modules" / ("ab" * 32))
+    service = NodeService(node_dirs.kubelet_dir / "pods", modules, records, KernelMounter(), events)
+    pod = _pod(node_dirs, "eio")
+    with pytest.raises(Unavailable) as info:
+        service.publish(_request(pod, "r.io/a/b:v1"), wait=30)
+    message = info.value.message
+    assert message.startswith(f"{records.directory}/")
+    assert "Input/output error; the disk reports I/O errors: check the node's disk" in message
+    assert events.seen == [("FailedPull", "team/eio", message)]
+    with pytest.raises(Unavailable, match="Input/output error"):
+        service.unpublish(pod.volume_id, str(pod.target))

@@ -28,7 +28,6 @@ last use: pinning touches it (one utime, no fsync).
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -43,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from csi_wasm.atomic import fsync_dir, remove, write_atomic
-from csi_wasm.errors import ResourceExhausted
+from csi_wasm.faults import disk_fault, naming
 
 MODULE_FILE = "plugin.wasm"
 _HEX_DIGITS = frozenset("0123456789abcdef")
@@ -109,14 +108,28 @@ class ModuleStore:
         """
         fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            with naming(self.lock_file):
+                fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # releases the flock
 
     def usable(self) -> bool:
-        """True when the cache directory exists and can be written (Probe's readiness)."""
-        return os.access(self.tmp_dir, os.W_OK | os.X_OK) and self.modules_dir.is_dir()
+        """True while the cache can be written: the readiness of Probe and /readyz.
+
+        Makes and removes an empty file in ``tmp/``: that fails on a read-only or
+        unwritable root, on I/O errors and without a free file descriptor. A full disk
+        still has room for an empty file, and cached modules still publish: ready.
+        """
+        if not self.modules_dir.is_dir():
+            return False
+        try:
+            fd, name = tempfile.mkstemp(prefix="probe-", dir=self.tmp_dir)
+            os.close(fd)
+            os.unlink(name)
+        except OSError:
+            return False
+        return True
 
     # modules
 
@@ -146,7 +159,8 @@ class ModuleStore:
         path = Path(name)
         opened = os.fstat(fd)
         try:
-            yield path, fd
+            with naming(path):  # the writes and fsyncs in the block see only ``fd``
+                yield path, fd
         finally:
             with contextlib.suppress(OSError):
                 now = os.fstat(fd)
@@ -170,7 +184,7 @@ class ModuleStore:
         try:
             target = staging / MODULE_FILE
             os.chmod(verified_file, 0o444)
-            with open(verified_file, "rb") as handle:
+            with naming(verified_file), open(verified_file, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(verified_file, target)
             os.chmod(staging, 0o755)  # noqa: S103 - every pod may read modules
@@ -433,9 +447,5 @@ def _write_index(path: Path, data: bytes) -> None:
 
 
 def storage_error(error: OSError) -> Exception:
-    """A full disk becomes RESOURCE_EXHAUSTED (kubelet retries); anything else stays a bug."""
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ResourceExhausted(
-            "the module cache disk is full; free space under --root or lower the cache size"
-        )
-    return error
+    """A filesystem fault as the contract's error (see csi_wasm.faults); others unchanged."""
+    return disk_fault(error) or error

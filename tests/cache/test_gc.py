@@ -7,14 +7,18 @@ collector gets a fixed clock.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from support.disks import tmpfs
+from support.driver import wait_for
 from support.wasm import make_module
 
 from csi_wasm.cache.gc import (
@@ -437,3 +441,60 @@ def test_pin_handover_keeps_a_fetched_module_pinned_until_listed(node: Node) -> 
     collector = node.collector(max_bytes=1)
     collector.add_pin_source(source)
     assert [e.digest for e in collector.collect().evicted] == [dropped]
+
+
+# the loop on a root that fails
+
+
+class CountingCollector(CacheCollector):
+    """The real collector, counting its runs (failed ones too) for the test to wait on."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(node.store, node.records, CacheSettings())
+        self.runs = 0
+        self.changed = threading.Condition()
+
+    def collect(self, **kwargs: Any) -> GcReport:
+        try:
+            return super().collect(**kwargs)
+        finally:
+            with self.changed:
+                self.runs += 1
+                self.changed.notify_all()
+
+    def wait_runs(self, count: int) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: self.runs >= count, timeout=10)
+
+
+def test_gc_loop_logs_a_read_only_root_once_and_its_repair_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with tmpfs(tmp_path / "root") as disk:
+        node = Node(ModuleStore(disk.path), VolumeRecords(disk.path / "volumes"))
+        node.store.prepare()
+        node.records.prepare()
+        collector = CountingCollector(node)
+        reports: list[GcReport] = []
+        disk.read_only()
+        loop = GcLoop(collector, interval=3600, on_report=reports.append)
+        caplog.set_level(logging.INFO, logger="csi_wasm.cache.gc")
+        loop.start()
+        try:
+            for runs in (1, 2, 3):  # three failed runs
+                collector.wait_runs(runs)
+                if runs < 3:
+                    loop.wake()
+            disk.writable()
+            loop.wake()
+            wait_for(lambda: len(reports) == 1, what="a run after the repair")
+        finally:
+            loop.stop()
+    lines = [(r.levelname, r.getMessage(), r.__dict__.get("fields", {})) for r in caplog.records]
+    assert [line[:2] for line in lines] == [
+        ("WARNING", "garbage collection cannot run; trying again every interval"),
+        ("INFO", "garbage collection works again"),
+    ]
+    error = lines[0][2]["error"]
+    assert error.startswith(f"{disk.path / '.lock'}: Read-only file system; ")
+    assert all(r.exc_info is None for r in caplog.records)  # no traceback

@@ -16,7 +16,7 @@ import pytest
 from support.wasm import make_module
 
 from csi_wasm.cache.store import MODULE_FILE, ModuleStore, is_sha256_hex, storage_error
-from csi_wasm.errors import ResourceExhausted
+from csi_wasm.errors import ResourceExhausted, Unavailable
 
 MANIFEST_HEX = "ab" * 32
 MANIFEST_DIGEST = f"sha256:{MANIFEST_HEX}"
@@ -297,6 +297,14 @@ def fill(directory: Path) -> None:
     assert info.value.errno == errno.ENOSPC
 
 
+def test_usable_on_a_full_disk_and_leaves_nothing_behind(small_disk: Path) -> None:
+    s = ModuleStore(small_disk / "root")
+    s.prepare()
+    fill(small_disk)
+    assert s.usable()  # full is capacity, not a broken root: GC can make room
+    assert list(s.tmp_dir.iterdir()) == []
+
+
 def test_full_disk_is_resource_exhausted(small_disk: Path) -> None:
     s = ModuleStore(small_disk / "root")
     s.prepare()
@@ -337,7 +345,14 @@ def test_storage_error_maps_full_disk(code: int) -> None:
     assert isinstance(mapped, ResourceExhausted)
 
 
-@pytest.mark.parametrize("code", [errno.EACCES, errno.EIO, errno.EROFS])
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EIO, errno.EROFS, errno.EMFILE])
+def test_storage_error_maps_an_unusable_root(code: int) -> None:
+    mapped = storage_error(OSError(code, os.strerror(code), "/root/tmp/x"))
+    assert isinstance(mapped, Unavailable)
+    assert mapped.message.startswith("/root/tmp/x: ")
+
+
+@pytest.mark.parametrize("code", [errno.ENOENT, errno.ENOTDIR, errno.EINVAL])
 def test_storage_error_keeps_other_errors(code: int) -> None:
     error = OSError(code, os.strerror(code))
     assert storage_error(error) is error
