@@ -13,10 +13,9 @@ from support.oci import (
     get_manifest,
     gzip_bytes,
     make_layer_tar,
-    push_blob,
     push_compat_image,
+    push_custom_artifact,
     push_index,
-    push_manifest,
     push_wasm_artifact,
 )
 from support.registry import Registry
@@ -24,22 +23,6 @@ from support.tools import oras_push_artifact
 from support.wasm import make_module
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-def _push_artifact(
-    registry: Registry, repo: str, tag: str, config_type: str, layers: list[tuple[bytes, str]]
-) -> str:
-    """Hand-assemble an OCI manifest: the way wasme, Gloo and wasm-to-oci lay theirs out."""
-    config = push_blob(registry, repo, encode_manifest({"type": "envoy_proxy"}), config_type)
-    descriptors = [push_blob(registry, repo, data, media_type) for data, media_type in layers]
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": config.as_dict(),
-        "layers": [d.as_dict() for d in descriptors],
-    }
-    push_manifest(registry, repo, tag, manifest, OCI_MANIFEST)
-    return f"{registry.host}/{repo}:{tag}"
 
 
 def _published(kubelet: Kubelet, url: str) -> bytes:
@@ -53,7 +36,7 @@ def test_solo_oci_variant(kubelet: Kubelet, registry: Registry, unique_repo: str
     config = encode_manifest(
         {"type": "envoy_proxy", "abiVersions": ["v0-4689a30309abf31aee9ae36e73d34b1bb182685f"]}
     )
-    url = _push_artifact(
+    url = push_custom_artifact(
         registry,
         unique_repo,
         "v1",
@@ -68,7 +51,7 @@ def test_solo_oci_variant(kubelet: Kubelet, registry: Registry, unique_repo: str
 
 def test_older_wasme(kubelet: Kubelet, registry: Registry, unique_repo: str) -> None:
     module = make_module(4096, "wasme")
-    url = _push_artifact(
+    url = push_custom_artifact(
         registry,
         unique_repo,
         "v1",
@@ -107,7 +90,7 @@ def test_single_layer_tarball_artifact(
     kubelet: Kubelet, registry: Registry, unique_repo: str
 ) -> None:
     module = make_module(4096, "single-tar")
-    url = _push_artifact(
+    url = push_custom_artifact(
         registry,
         unique_repo,
         "v1",

@@ -11,6 +11,7 @@ Builders:
   ``application/vnd.wasm.config.v0+json``, one ``application/wasm`` layer).
 * :func:`push_compat_image` - Istio's "compat" image: one gzip'ed tar layer holding
   ``plugin.wasm``, in Docker v2 schema 2 or OCI image media types.
+* :func:`push_custom_artifact` - any config type and layers (wasme, wasm-to-oci...).
 * :func:`push_blob`, :func:`push_manifest`, :func:`push_index` - for hand-assembled
   (odd) manifests.
 """
@@ -374,6 +375,30 @@ def push_compat_image(
         layer_media_type=layer_type,
         config_media_type=config_type,
     )
+
+
+def push_custom_artifact(
+    registry: RegistryLike,
+    repo: str,
+    tag: str,
+    config_type: str,
+    layers: Sequence[tuple[bytes, str]],
+) -> str:
+    """Hand-assemble an OCI manifest, the way wasme, Gloo and wasm-to-oci lay theirs out.
+
+    ``layers`` are (bytes, media type); the config is a small JSON of ``config_type``.
+    Returns ``host/repo:tag``.
+    """
+    config = push_blob(registry, repo, encode_manifest({"type": "envoy_proxy"}), config_type)
+    descriptors = [push_blob(registry, repo, data, media_type) for data, media_type in layers]
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": config.as_dict(),
+        "layers": [d.as_dict() for d in descriptors],
+    }
+    push_manifest(registry, repo, tag, manifest, OCI_MANIFEST)
+    return f"{registry.host}/{repo}:{tag}"
 
 
 def push_index(
