@@ -196,6 +196,26 @@ def _log_flag(flag: FlagAdder) -> None:
     )
 
 
+def _registry_flags(flag: FlagAdder, docker_config_help: str, *, mirrors: bool = True) -> None:
+    flag(
+        "--insecure-registry",
+        default=[],
+        action=_AppendOverEnvironment,
+        metavar="HOST[:PORT]",
+        help="registry reached over plain HTTP (repeatable)",
+    )
+    flag("--registry-ca", default=None, metavar="FILE", help="PEM bundle of CAs for registries")
+    if mirrors:
+        flag(
+            "--registry-mirror",
+            default=[],
+            action=_AppendOverEnvironment,
+            metavar="SOURCE=MIRROR[/PREFIX]",
+            help="pull through MIRROR first, then SOURCE (repeatable)",
+        )
+    flag("--docker-config", default=None, metavar="FILE", help=docker_config_help)
+
+
 def _add_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     flag = _flag_adder(parser, env)
     flag("--endpoint", default="unix:///csi/csi.sock", help="CSI socket, unix:///path")
@@ -212,26 +232,8 @@ def _add_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
         default=":9090",
         help="host:port for Prometheus /metrics, /healthz, /readyz; empty to disable",
     )
-    flag(
-        "--insecure-registry",
-        default=[],
-        action=_AppendOverEnvironment,
-        metavar="HOST[:PORT]",
-        help="registry reached over plain HTTP (repeatable)",
-    )
-    flag("--registry-ca", default=None, metavar="FILE", help="PEM bundle of CAs for registries")
-    flag(
-        "--registry-mirror",
-        default=[],
-        action=_AppendOverEnvironment,
-        metavar="SOURCE=MIRROR[/PREFIX]",
-        help="pull through MIRROR first, then SOURCE (repeatable)",
-    )
-    flag(
-        "--docker-config",
-        default=None,
-        metavar="FILE",
-        help="docker config.json with node credentials, used for registries a pod has none for",
+    _registry_flags(
+        flag, "docker config.json with node credentials, used for registries a pod has none for"
     )
     flag(
         "--credential-recheck",
@@ -354,7 +356,134 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
     flag = _flag_adder(catalog, env)
     _root_flag(flag)
     catalog.add_argument("--json", action="store_true", help="print JSON")
+    _add_tool_commands(commands, env)
     return parser
+
+
+# -- inspect and push (csi_wasm.tools) -----------------------------------------------
+
+_TOOL_CREDENTIALS = "docker config.json, or a secret's .dockerconfigjson, with registry credentials"
+_ABIS = ("proxy-wasm", "any")  # csi_wasm.verify.Abi values; not imported to keep --help fast
+
+
+def _abi_flag(flag: FlagAdder, judged: str) -> None:
+    flag(
+        "--abi",
+        default="proxy-wasm",
+        choices=_ABIS,
+        help=f"{judged} as a volume with this 'abi' attribute would be",
+    )
+
+
+def _add_tool_commands(commands: Any, env: Mapping[str, str]) -> None:
+    inspect = commands.add_parser(
+        "inspect",
+        help="resolve and judge a module as serve would; exit status 0 when serve would "
+        "serve it, 1 when it would refuse it, 2 on a usage error",
+    )
+    inspect.add_argument(
+        "target",
+        metavar="REF|URL|FILE",
+        help="what a volume's url names, "
+        "or a module file (a path that exists or starts with / ./ ../)",
+    )
+    flag = _flag_adder(inspect, env)
+    flag(
+        "--json",
+        default="false",
+        nargs=0,
+        action=_StoreTrue,
+        type=parse_bool,
+        help="print the report as JSON (fields listed in the README)",
+    )
+    _registry_flags(flag, _TOOL_CREDENTIALS)
+    _abi_flag(flag, "judge the module")
+    push = commands.add_parser(
+        "push",
+        help="validate a module as serve would, push it, and print the url and sha256 for a volume",
+    )
+    push.add_argument("file", metavar="FILE", help="the Wasm module")
+    push.add_argument("target", metavar="REF", help="where to push, e.g. ghcr.io/acme/filter:v1")
+    flag = _flag_adder(push, env)
+    flag(
+        "--format",
+        default="artifact",
+        choices=("artifact", "compat"),
+        help="artifact: CNCF Wasm OCI artifact; compat: Istio's compat image (plugin.wasm "
+        "in a tar layer)",
+    )
+    _registry_flags(flag, _TOOL_CREDENTIALS, mirrors=False)
+    _abi_flag(flag, "refuse the module")
+
+
+def parse_bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+class _StoreTrue(argparse.Action):
+    """``store_true`` whose default may come from the environment (through ``type``)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, True)
+
+
+def _registry_access(args: argparse.Namespace) -> Any:
+    from csi_wasm.tools.common import RegistryAccess  # noqa: PLC0415 - keep --help fast
+
+    return RegistryAccess(
+        insecure_registries=frozenset(args.insecure_registry),
+        registry_ca=args.registry_ca,
+        docker_config=args.docker_config,
+    )
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from csi_wasm.tools.inspect import InspectOptions, inspect_command  # noqa: PLC0415
+    from csi_wasm.verify import Abi  # noqa: PLC0415
+
+    return inspect_command(
+        InspectOptions(
+            target=args.target,
+            access=_registry_access(args),
+            mirrors=tuple(args.registry_mirror),
+            abi=Abi(args.abi),
+            as_json=args.json,
+        )
+    )
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from csi_wasm.tools.push import PushOptions, push_command  # noqa: PLC0415
+    from csi_wasm.verify import Abi  # noqa: PLC0415
+
+    return push_command(
+        PushOptions(
+            file=args.file,
+            target=args.target,
+            format=args.format,
+            access=_registry_access(args),
+            abi=Abi(args.abi),
+        )
+    )
+
+
+_TOOLS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "inspect": _run_inspect,
+    "push": _run_push,
+}
 
 
 def _check_prefetch(args: argparse.Namespace) -> None:
@@ -428,6 +557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tool = _TOOLS.get(args.command)
+    if tool is not None:
+        return tool(args)
     if args.command == "gc":
         logs.configure(args.log_level)
         from csi_wasm.cache.gc import gc_command  # noqa: PLC0415 - keep --help fast

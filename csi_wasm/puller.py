@@ -58,6 +58,7 @@ from csi_wasm.errors import (
 from csi_wasm.faults import disk_faults
 from csi_wasm.formats import (
     SNIFF_BYTES,
+    Descriptor,
     Unpack,
     check_index_hop,
     check_wasm_header,
@@ -104,6 +105,20 @@ class PulledModule:
     manifest_digest: str | None
     from_cache: bool
     warning: str | None = None  # served despite a failed signature check (a warn rule)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What a pull from a registry found, told before the module is downloaded.
+
+    For ``csi-wasm inspect``, which reports it even when the module is then refused.
+    """
+
+    reference: Reference
+    route: Reference  # the reference as pulled: itself or a mirror's rewrite of it
+    manifest_digests: tuple[str, ...]  # indexes first, the image manifest last
+    format: str  # Format.name
+    layer: Descriptor  # the layer holding the module
 
 
 @dataclass
@@ -187,6 +202,7 @@ class Puller:
         space: CacheSpace | None = None,
         progress: ProgressLog | None = None,
         signatures: SignatureGate | None = None,
+        on_resolved: Callable[[Resolution], None] | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -203,6 +219,7 @@ class Puller:
         self._space = space
         self._progress = progress or ProgressLog()
         self._signatures = signatures
+        self._on_resolved = on_resolved
 
     def get(
         self, request: ModuleRequest, pod_keychain: Keychain | None, wait: float
@@ -515,6 +532,8 @@ class Puller:
             # evicted since the lookup: download it again
         image = parse_image_manifest(manifest.body, manifest.media_type, where)
         package, layer = select_format(image, where)
+        if self._on_resolved is not None:
+            self._on_resolved(Resolution(reference, route, digests, package.name, layer))
         limit = self._settings.max_module_bytes
         if layer.size > limit:
             raise FailedPrecondition(

@@ -23,7 +23,7 @@ from csi_wasm.access import AccessRecords
 from csi_wasm.attributes import parse_attributes
 from csi_wasm.cache.store import ModuleStore
 from csi_wasm.errors import DeadlineExceeded, ResourceExhausted
-from csi_wasm.puller import Puller
+from csi_wasm.puller import Puller, Resolution
 from csi_wasm.registry import RegistryClient, RegistryOptions
 from csi_wasm.settings import PullSettings
 
@@ -207,3 +207,26 @@ def test_a_full_disk_with_nothing_to_free_is_resource_exhausted(
         puller.get(parse_attributes({"url": pushed.reference}), None, wait=30)
     assert len(small_root.space.asked) == 1
     assert small_root.store.pinned() == set()
+
+
+def test_on_resolved_tells_the_format_and_digests_before_the_download(
+    tmp_path: Path, registry: Registry, unique_repo: str
+) -> None:
+    pushed = push_compat_image(registry, unique_repo, "v1", make_module(2 * KIB, "told"), "oci")
+    store = ModuleStore(tmp_path / "root")
+    store.prepare()
+    access = AccessRecords(tmp_path / "access")
+    access.prepare()
+    told: list[Resolution] = []
+    hosts = frozenset({registry.host})
+    with RegistryClient(RegistryOptions(insecure_registries=hosts)) as client:
+        puller = Puller(store, client, PullSettings(), access, on_resolved=told.append)
+        pulled = puller.get(parse_attributes({"url": pushed.reference}), None, wait=30)
+        puller.release(pulled)
+        cached = puller.get(parse_attributes({"url": pushed.reference}), None, wait=30)
+        puller.release(cached)
+    (resolution,) = told  # the cached module resolved nothing
+    assert str(resolution.reference) == str(resolution.route) == pushed.reference
+    assert resolution.manifest_digests == (pushed.manifest_digest,)
+    assert resolution.format == "compat-image"
+    assert resolution.layer.digest == pushed.layer_digest

@@ -3,7 +3,7 @@
 * ``artifact`` (:mod:`.artifact`): an OCI image manifest, config
   ``application/vnd.wasm.config.v0+json`` (the fields of the CNCF TAG Runtime spec:
   ``created``, ``architecture: wasm``, ``os: wasip1``, ``layerDigests``) and one
-  ``application/wasm`` layer, the module as it is.
+  ``application/wasm`` layer, the module as it is, titled ``plugin.wasm``.
 * ``compat`` (:mod:`.compat`): an OCI image (image config, ``rootfs.diff_ids``) with one
   ``tar+gzip`` layer holding ``plugin.wasm``, what Istio pulls for ``oci://`` URLs.
 
@@ -30,6 +30,7 @@ __all__ = ["BUILDERS", "Blob", "Package", "build_package", "compat_image", "wasm
 
 WASM_ARCHITECTURE = "wasm"
 WASM_OS = "wasip1"  # a core module (not a component), as the CNCF spec names it
+TITLE_ANNOTATION = "org.opencontainers.image.title"
 _MODULE_MODE = 0o444  # read-only, as the driver mounts it
 
 
@@ -46,13 +47,17 @@ def _json(document: Mapping[str, Any]) -> bytes:
 class Blob:
     media_type: str
     data: bytes = field(repr=False)
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def digest(self) -> str:
         return _digest(self.data)
 
     def descriptor(self) -> dict[str, Any]:
-        return {"mediaType": self.media_type, "digest": self.digest, "size": len(self.data)}
+        described = {"mediaType": self.media_type, "digest": self.digest, "size": len(self.data)}
+        if self.annotations:
+            described["annotations"] = dict(self.annotations)
+        return described
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,8 @@ def _timestamp(created: int) -> str:
 
 def wasm_artifact(module: bytes, created: int) -> Package:
     """The CNCF Wasm OCI artifact holding ``module``; ``created`` in Unix seconds."""
-    layer = Blob(mediatypes.WASM_LAYER, module)
+    # Titled, so that `oras pull` writes it to a file of that name.
+    layer = Blob(mediatypes.WASM_LAYER, module, {TITLE_ANNOTATION: MODULE_NAME})
     config = {
         "created": _timestamp(created),
         "architecture": WASM_ARCHITECTURE,

@@ -23,12 +23,20 @@ import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from csi_wasm.errors import InvalidArgument
 from csi_wasm.reference import DOCKER_HUB
 
-__all__ = ["DOCKERCFG_KEY", "DOCKERCONFIGJSON_KEY", "Credentials", "Keychain", "normalize_host"]
+__all__ = [
+    "DOCKERCFG_KEY",
+    "DOCKERCONFIGJSON_KEY",
+    "Credentials",
+    "Keychain",
+    "keychain_from_file",
+    "normalize_host",
+]
 
 DOCKERCONFIGJSON_KEY = ".dockerconfigjson"
 DOCKERCFG_KEY = ".dockercfg"
@@ -138,6 +146,20 @@ class Keychain:
         merged = dict(loose)
         merged.update(exact)
         return cls(merged)
+
+
+def keychain_from_file(path: str, flag: str = "--docker-config") -> Keychain:
+    """The credentials in a docker ``config.json`` (or a secret's ``.dockerconfigjson``).
+
+    ValueError naming ``flag`` and the file, never its content, when unusable.
+    """
+    try:
+        return Keychain.from_dockerconfigjson(Path(path).read_text())
+    except OSError as error:
+        raise ValueError(f"{flag} {path}: {error.strerror}") from None
+    except (InvalidArgument, UnicodeDecodeError) as error:
+        reason = error.message if isinstance(error, InvalidArgument) else "not UTF-8 text"
+        raise ValueError(f"{flag} {path}: {reason}") from None
 
 
 def _load_json(text: str, source: str) -> dict[str, Any]:

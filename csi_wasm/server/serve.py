@@ -39,6 +39,7 @@ from csi_wasm.node import NodeService
 from csi_wasm.prefetch import Prefetcher, parse_prefetch_flag
 from csi_wasm.puller import Puller
 from csi_wasm.registry import Keychain, RegistryClient, RegistryOptions
+from csi_wasm.registry.credentials import keychain_from_file
 from csi_wasm.server.identity import IdentityServicer
 from csi_wasm.server.node import NodeServicer
 from csi_wasm.settings import ServeSettings, VerifySettings
@@ -146,14 +147,7 @@ class Driver:
 
 
 def _node_keychain(path: str | None) -> Keychain | None:
-    if path is None:
-        return None
-    try:
-        return Keychain.from_dockerconfigjson(Path(path).read_text())
-    except OSError as error:
-        raise ValueError(f"--docker-config {path}: {error.strerror}") from None
-    except Exception as error:  # our InvalidArgument: never echoes the file's content
-        raise ValueError(f"--docker-config {path}: {error}") from None
+    return None if path is None else keychain_from_file(path)
 
 
 def start(settings: ServeSettings) -> Driver:

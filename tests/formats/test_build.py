@@ -46,8 +46,9 @@ def test_the_artifact_config_follows_the_cncf_layout() -> None:
         "os": "wasip1",
         "layerDigests": ["sha256:" + hashlib.sha256(MODULE).hexdigest()],
     }
-    (layer,) = package.layers
-    assert layer.media_type == mt.WASM_LAYER
+    (layer,) = json.loads(package.manifest)["layers"]
+    assert layer["mediaType"] == mt.WASM_LAYER
+    assert layer["annotations"] == {"org.opencontainers.image.title": "plugin.wasm"}
 
 
 def test_the_compat_config_names_the_uncompressed_layer() -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import pytest
 
 from csi_wasm.errors import InvalidArgument
-from csi_wasm.registry.credentials import Credentials, Keychain, normalize_host
+from csi_wasm.registry.credentials import Credentials, Keychain, keychain_from_file, normalize_host
 
 SECRET = "s3cr3t-Pa55"
 
@@ -141,3 +142,18 @@ def test_fingerprint_identifies_credentials() -> None:
     # Field boundaries matter: ("ab", "c") is not ("a", "bc").
     assert Credentials("ab", "c").fingerprint() != Credentials("a", "bc").fingerprint()
     assert a.fingerprint() != Credentials("user", "one", identity_token="t").fingerprint()
+
+
+def test_keychain_from_file(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text('{"auths": {"ghcr.io": {"username": "u", "password": "hunter2"}}}')
+    assert keychain_from_file(str(config)).for_registry("ghcr.io") == Credentials("u", "hunter2")
+    with pytest.raises(ValueError, match=r"^--docker-config .*missing\.json: No such file"):
+        keychain_from_file(str(tmp_path / "missing.json"))
+    config.write_text('{"auths": {"ghcr.io": {"auth": "hunter2-not-base64!"}}')
+    with pytest.raises(ValueError) as broken:
+        keychain_from_file(str(config))
+    assert "hunter2" not in str(broken.value) and str(config) in str(broken.value)
+    config.write_bytes(b"\xff\xfe")
+    with pytest.raises(ValueError, match="not UTF-8 text"):
+        keychain_from_file(str(config))
