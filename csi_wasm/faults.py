@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 from collections.abc import Iterator
 
@@ -90,3 +91,35 @@ def naming(path: str | os.PathLike[str]) -> Iterator[None]:
         if error.filename is None and error.errno in FAULT_ERRNOS:
             error.filename = os.fspath(path)
         raise
+
+
+class FaultLog:
+    """How a background loop logs its runs: a filesystem fault once while it lasts, then its end.
+
+    A root gone read-only fails every run the same way; a traceback per run would bury
+    the one line that matters. A run that fails for any other reason is a bug: logged
+    with its traceback, every time.
+    """
+
+    def __init__(self, logger: logging.Logger, work: str) -> None:
+        self._log = logger
+        self._work = work  # what the loop does, e.g. "garbage collection"
+        self._fault: int | None = None  # errno of the fault the last run met
+
+    def failed(self, error: BaseException) -> None:
+        named = disk_fault(error)
+        if named is None:
+            self._log.error("%s failed; will try again", self._work, exc_info=error)
+            return
+        fault = error.errno if isinstance(error, OSError) else None
+        if fault != self._fault:
+            self._log.warning(
+                f"{self._work} failed; will try again",
+                extra={"fields": {"error": named.message}},
+            )
+            self._fault = fault
+
+    def succeeded(self) -> None:
+        if self._fault is not None:
+            self._log.info(f"{self._work} works again")
+            self._fault = None

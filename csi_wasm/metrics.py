@@ -67,6 +67,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from csi_wasm import __version__
+from csi_wasm.faults import FaultLog
 
 __all__ = ["Metrics", "MetricsServer", "StateSnapshot", "serve_metrics"]
 
@@ -195,6 +196,8 @@ class _StateCollector:
 
     def __init__(self) -> None:
         self.source: Callable[[], StateSnapshot] | None = None
+        # A root out of descriptors fails every scrape alike: one line, not one per scrape.
+        self._reads = FaultLog(_log, "reading the state gauges (left out meanwhile)")
 
     def describe(self) -> Iterable[Metric]:
         # Registration must not call the source (it may not exist yet).
@@ -207,9 +210,10 @@ class _StateCollector:
             return []
         try:
             snapshot = source()
-        except Exception:
-            _log.warning("metrics state source failed; state gauges left out", exc_info=True)
+        except Exception as error:
+            self._reads.failed(error)
             return []
+        self._reads.succeeded()
         return [
             GaugeMetricFamily(name, documentation, value=getattr(snapshot, field))
             for name, documentation, field in _STATE_GAUGES

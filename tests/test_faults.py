@@ -7,12 +7,21 @@ running driver) is in tests/server/test_root_faults.py.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 
 import pytest
 
 from csi_wasm.errors import ResourceExhausted, Unavailable
-from csi_wasm.faults import FAULT_ERRNOS, describe, disk_fault, disk_faults, explain, naming
+from csi_wasm.faults import (
+    FAULT_ERRNOS,
+    FaultLog,
+    describe,
+    disk_fault,
+    disk_faults,
+    explain,
+    naming,
+)
 
 PATH = "/var/lib/csi-wasm/volumes/ab.json"
 
@@ -96,3 +105,36 @@ def test_a_real_write_to_a_full_disk_is_named() -> None:
     fault = disk_fault(info.value)
     assert isinstance(fault, ResourceExhausted)
     assert fault.message.startswith("/dev/full: No space left on device; ")
+
+
+def test_fault_log_tells_a_lasting_fault_once_and_its_end_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    logger = logging.getLogger("test.faultlog")
+    caplog.set_level(logging.INFO, logger="test.faultlog")
+    runs = FaultLog(logger, "upkeep")
+    runs.succeeded()  # nothing to tell
+    for _ in range(3):
+        runs.failed(os_error(errno.EROFS, "/root/.lock"))
+    runs.failed(os_error(errno.ENOSPC, "/root/tmp/x"))  # another fault: told
+    runs.succeeded()
+    runs.succeeded()
+    bug = KeyError("a bug")
+    runs.failed(bug)
+    runs.failed(bug)
+    lines = [(r.levelname, r.getMessage(), r.__dict__.get("fields")) for r in caplog.records]
+    assert lines[:3] == [
+        ("WARNING", "upkeep failed; will try again", {"error": disk_fault_message(errno.EROFS)}),
+        ("WARNING", "upkeep failed; will try again", {"error": disk_fault_message(errno.ENOSPC)}),
+        ("INFO", "upkeep works again", None),
+    ]
+    assert [r.levelname for r in caplog.records[3:]] == ["ERROR", "ERROR"]  # a bug, every time
+    assert all(r.exc_info is None for r in caplog.records[:3])
+    assert all(r.exc_info is not None for r in caplog.records[3:])
+
+
+def disk_fault_message(code: int) -> str:
+    path = "/root/.lock" if code == errno.EROFS else "/root/tmp/x"
+    fault = disk_fault(os_error(code, path))
+    assert fault is not None
+    return fault.message

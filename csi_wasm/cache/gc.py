@@ -40,7 +40,7 @@ from typing import Protocol
 from csi_wasm.cache.store import CachedModule, ModuleStore, is_sha256_hex
 from csi_wasm.cache.volumes import VolumeRecords
 from csi_wasm.catalog.directory import catalog_dir, held_digests
-from csi_wasm.faults import disk_fault
+from csi_wasm.faults import FaultLog
 from csi_wasm.mounts import MOUNTINFO, MountTable
 from csi_wasm.puller import PulledModule
 from csi_wasm.settings import CacheSettings
@@ -380,32 +380,16 @@ class GcLoop:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        fault: int | None = None  # errno of the filesystem fault the last run met
+        runs = FaultLog(log, "garbage collection")
         while not self._stopping.is_set():
             try:
-                self._on_report(self._collector.collect())
+                report = self._collector.collect()
+                runs.succeeded()
+                self._on_report(report)
             except Exception as error:
-                fault = self._failed(error, fault)
-            else:
-                if fault is not None:
-                    log.info("garbage collection works again")
-                    fault = None
+                runs.failed(error)
             self._wake.wait(self._interval)
             self._wake.clear()
-
-    def _failed(self, error: Exception, previous: int | None) -> int | None:
-        """Log a failed run: a fault of the root once while it lasts, a bug every time."""
-        named = disk_fault(error)
-        if named is None:
-            log.exception("garbage collection failed; will try again")
-            return previous
-        fault = error.errno if isinstance(error, OSError) else None
-        if fault != previous:
-            log.warning(
-                "garbage collection cannot run; trying again every interval",
-                extra={"fields": {"error": named.message, "interval_s": self._interval}},
-            )
-        return fault
 
 
 def log_report(report: GcReport) -> None:

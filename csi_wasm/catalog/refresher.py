@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from csi_wasm.catalog.catalog import Catalog
+from csi_wasm.faults import FaultLog
 from csi_wasm.prefetch.entries import PrefetchEntry, parse_prefetch_list
 
 log = logging.getLogger(__name__)
@@ -152,8 +153,10 @@ class CatalogRefresher:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        runs = FaultLog(log, "catalog upkeep")  # a read-only root: one line, not one per tick
         while not self._stopping.wait(self._interval):
             try:
                 self.tick()
-            except Exception:
-                log.exception("catalog upkeep failed; will try again")
+                runs.succeeded()
+            except Exception as error:
+                runs.failed(error)

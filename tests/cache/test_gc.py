@@ -492,7 +492,7 @@ def test_gc_loop_logs_a_read_only_root_once_and_its_repair_once(
             loop.stop()
     lines = [(r.levelname, r.getMessage(), r.__dict__.get("fields", {})) for r in caplog.records]
     assert [line[:2] for line in lines] == [
-        ("WARNING", "garbage collection cannot run; trying again every interval"),
+        ("WARNING", "garbage collection failed; will try again"),
         ("INFO", "garbage collection works again"),
     ]
     error = lines[0][2]["error"]
