@@ -57,6 +57,11 @@ FULL: dict[str, Any] = {
         {"url": "oci://ghcr.io/acme/filters/add-header:v1.2.0"},
         {"url": "https://wasm.example.com/authz.wasm", "sha256": "cd" * 32},
     ],
+    "verify": {
+        "keys": {"release": (REPO / "tests/data/cosign/cosign.pub").read_text()},
+        "rules": [{"match": "ghcr.io/acme/**", "keys": ["release"], "mode": "warn"}],
+        "unmatched": "deny",
+    },
     "serviceAccount": {"annotations": {"example.com/owner": "platform"}},
     "updateStrategy": {"maxUnavailable": "10%"},
     "podAnnotations": {"example.com/team": "platform"},
@@ -483,8 +488,40 @@ def test_prefetch_configmap(helm: Path) -> None:
     default = only(helm_template(helm), "ConfigMap")
     assert default["metadata"]["name"] == "csi-wasm-prefetch"
     assert json.loads(default["data"]["prefetch.json"]) == []
-    full = only(helm_template(helm, FULL), "ConfigMap")
+    full = only(helm_template(helm, FULL), "ConfigMap", "csi-wasm-prefetch")
     assert json.loads(full["data"]["prefetch.json"]) == FULL["prefetch"]
+
+
+def test_verify_keys_and_policy_are_mounted_and_passed(helm: Path) -> None:
+    objs = helm_template(helm, FULL)
+    data = only(objs, "ConfigMap", "csi-wasm-verify")["data"]
+    assert data["key-release.pub"] == FULL["verify"]["keys"]["release"]
+    assert yaml.safe_load(data["policy.yaml"]) == {"rules": FULL["verify"]["rules"]}
+    pod = daemonset_pod(objs)
+    driver = container(pod, "csi-wasm")
+    args = flags(driver["args"])
+    assert args["--verify-key"] == ["release=/etc/csi-wasm/verify/key-release.pub"]
+    assert args["--verify-policy"] == ["/etc/csi-wasm/verify/policy.yaml"]
+    assert args["--verify-unmatched"] == ["deny"]
+    assert mount(driver, "verify") == {
+        "name": "verify",
+        "mountPath": "/etc/csi-wasm/verify",
+        "readOnly": True,
+    }
+    assert volume(pod, "verify")["configMap"]["name"] == "csi-wasm-verify"
+    template = only(objs, "DaemonSet")["spec"]["template"]
+    assert "checksum/verify" in template["metadata"]["annotations"]
+
+    default = helm_template(helm)
+    assert find(default, "ConfigMap", "csi-wasm-verify") == []
+    plain = flags(container(daemonset_pod(default), "csi-wasm")["args"])
+    assert not {"--verify-key", "--verify-policy", "--verify-unmatched"} & plain.keys()
+
+
+def test_a_rule_naming_an_unknown_key_fails_rendering(helm: Path) -> None:
+    values = {"verify": {"rules": [{"match": "ghcr.io/**", "keys": ["ghost"]}]}}
+    with pytest.raises(HelmError, match=r'names key "ghost", which verify\.keys does not define'):
+        helm_template(helm, values)
 
 
 def test_scheduling_defaults(helm: Path) -> None:

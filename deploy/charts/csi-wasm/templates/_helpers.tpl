@@ -96,6 +96,22 @@ Usage: include "csi-wasm.image" (dict "image" .Values.image "defaultTag" .Chart.
 {{/* Where nodeDockerConfig is mounted, and the file passed to --docker-config. */}}
 {{- define "csi-wasm.dockerConfigDir" -}}/etc/csi-wasm/docker{{- end -}}
 
+{{/* Signature verification: the ConfigMap with keys and policy, and where it is mounted. */}}
+{{- define "csi-wasm.verifyConfigMapName" -}}
+{{- printf "%s-verify" (include "csi-wasm.fullname" . | trunc 56 | trimSuffix "-") -}}
+{{- end -}}
+{{- define "csi-wasm.verifyDir" -}}/etc/csi-wasm/verify{{- end -}}
+{{- define "csi-wasm.verifyEnabled" -}}
+{{- if or .Values.verify.keys .Values.verify.rules -}}true{{- end -}}
+{{- end -}}
+{{/* The ConfigMap's data; its checksum on the pods restarts drivers when keys or rules change. */}}
+{{- define "csi-wasm.verifyData" -}}
+{{- range $name, $pem := .Values.verify.keys }}
+{{ printf "key-%s.pub" $name }}: {{ $pem | quote }}
+{{- end }}
+policy.yaml: {{ dict "rules" .Values.verify.rules | toYaml | quote }}
+{{- end -}}
+
 {{/* Fails rendering on value combinations the schema cannot express. */}}
 {{- define "csi-wasm.validate" -}}
 {{- if and .Values.registryCA.configMap .Values.registryCA.secret -}}
@@ -108,5 +124,12 @@ Usage: include "csi-wasm.image" (dict "image" .Values.image "defaultTag" .Chart.
 {{- $cache := printf "%s/" (trimSuffix "/" .Values.cacheDir) -}}
 {{- if or (eq $cache $kubelet) (hasPrefix (printf "%spods/" $kubelet) $cache) -}}
 {{- fail "cacheDir must be neither kubeletRootDir nor under its pods/ directory" -}}
+{{- end -}}
+{{- range $i, $rule := .Values.verify.rules -}}
+{{- range $rule.keys -}}
+{{- if not (hasKey $.Values.verify.keys .) -}}
+{{- fail (printf "verify.rules[%d] names key %q, which verify.keys does not define" $i .) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
