@@ -257,6 +257,13 @@ def _add_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
         help="a ConfigMap whose key prefetch.json lists more modules to prefetch; watched",
     )
     flag(
+        "--kubeconfig",
+        default=env.get("KUBECONFIG") or None,
+        metavar="FILE",
+        help="kubeconfig to reach the API server (Events, the prefetch ConfigMap) from "
+        "outside a cluster (default: $KUBECONFIG, else the in-cluster config)",
+    )
+    flag(
         "--prefetch-file",
         default=None,
         metavar="FILE",
@@ -529,6 +536,7 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         prefetch_file=Path(args.prefetch_file) if args.prefetch_file else None,
         prefetch_refresh=args.prefetch_refresh,
         catalog_grace=args.catalog_grace,
+        kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
         endpoint=args.endpoint,
         metrics_address=args.metrics_address,
         log_level=args.log_level,

@@ -73,6 +73,7 @@ class ServeSettings:
     prefetch_file: Path | None = None  # the same JSON list in a file, re-read when it changes
     prefetch_refresh: float = DEFAULT_PREFETCH_REFRESH_SECONDS  # tags re-resolved this often
     catalog_grace: float = DEFAULT_CATALOG_GRACE_SECONDS  # unlisted modules kept in sha256/
+    kubeconfig: Path | None = None  # reach the API from outside a cluster; else in-cluster
     endpoint: str = "unix:///csi/csi.sock"
     metrics_address: str = ":9090"
     log_level: str = "info"

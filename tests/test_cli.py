@@ -492,3 +492,12 @@ def test_catalog_flags_defaults_and_environment() -> None:
 def test_catalog_command_takes_root_and_json() -> None:
     args = build_parser({"CSI_WASM_ROOT": "/data"}).parse_args(["catalog", "--json"])
     assert (args.command, args.root, args.json) == ("catalog", "/data", True)
+
+
+def test_kubeconfig_flag_then_kubeconfig_environment() -> None:
+    assert settings([]).kubeconfig is None
+    assert settings([], {"KUBECONFIG": "/home/me/.kube/config"}).kubeconfig == Path(
+        "/home/me/.kube/config"
+    )
+    s = settings(["--kubeconfig", "/etc/csi-wasm/kubeconfig"], {"KUBECONFIG": "/x"})
+    assert s.kubeconfig == Path("/etc/csi-wasm/kubeconfig")

@@ -66,7 +66,9 @@ def follow_lists(
     """
     sources = [FILE_SOURCE] if settings.prefetch_file is not None else []
     watcher = watcher_from_environment(
-        settings.prefetch_configmap, lambda entries: lists.update(CONFIGMAP_SOURCE, entries)
+        settings.prefetch_configmap,
+        lambda entries: lists.update(CONFIGMAP_SOURCE, entries),
+        kubeconfig=settings.kubeconfig,
     )
     if watcher is not None:
         sources.append(CONFIGMAP_SOURCE)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
 import threading
@@ -23,10 +22,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
-from csi_wasm import __version__
 from csi_wasm.backoff import backoff_delay
+from csi_wasm.kube import client as kube_client
 from csi_wasm.prefetch.entries import DEFAULT_KEY, PrefetchEntry, parse_prefetch_list
 
 log = logging.getLogger(__name__)
@@ -519,41 +519,30 @@ def watcher_from_environment(
     on_change: Callable[[Sequence[PrefetchEntry]], None],
     *,
     key: str = DEFAULT_KEY,
+    kubeconfig: Path | None = None,
 ) -> ConfigMapWatcher | None:
-    """A watcher on the in-cluster API for ``NAMESPACE/NAME``, not started.
+    """A watcher for ``NAMESPACE/NAME`` on the API (``kubeconfig``, else in-cluster), not started.
 
-    None when ``configmap`` is None, outside a cluster, or when the in-cluster config
-    cannot be loaded (logged). ValueError for a malformed ``configmap``.
+    None when ``configmap`` is None, when there is no API to reach, or when its
+    configuration cannot be loaded (logged). ValueError for a malformed ``configmap``.
     """
     if configmap is None:
         return None
     namespace, name = parse_configmap_ref(configmap)
-    if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+    if not kube_client.reachable(kubeconfig):
         log.info(
             "not running in a cluster (no KUBERNETES_SERVICE_HOST): the prefetch ConfigMap "
-            "is not followed",
+            "is not followed (give --kubeconfig to follow it from outside)",
             extra={"fields": {"configmap": configmap}},
         )
         return None
     try:
-        api = _in_cluster_configmap_api()
+        api = CoreV1ConfigMapApi(kube_client.core_v1(kubeconfig))
     except Exception as error:
         log.warning(
-            "cannot use the in-cluster Kubernetes API: the prefetch ConfigMap is not followed",
+            f"cannot use {kube_client.where(kubeconfig)} to reach the Kubernetes API: "
+            "the prefetch ConfigMap is not followed",
             extra={"fields": {"error": f"{type(error).__name__}: {str(error)[:200]}"}},
         )
         return None
     return ConfigMapWatcher(api, namespace, name, on_change, key)
-
-
-def _in_cluster_configmap_api() -> ConfigMapApi:
-    # Imported here: the client is large and only needed inside a cluster.
-    from kubernetes import client, config  # noqa: PLC0415
-
-    configuration = client.Configuration()
-    load: Callable[..., None] = config.load_incluster_config  # untyped in the client
-    load(client_configuration=configuration)
-    configuration.retries = 1  # the watcher retries with its own backoff
-    api_client = client.ApiClient(configuration)
-    api_client.user_agent = f"csi-wasm/{__version__}"
-    return CoreV1ConfigMapApi(client.CoreV1Api(api_client))

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import threading
 import time
@@ -37,10 +36,11 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from csi_wasm import __version__
 from csi_wasm.attributes import PodInfo
+from csi_wasm.kube import client as kube_client
 from csi_wasm.settings import DEFAULT_DRIVER_NAME
 
 __all__ = [
@@ -534,33 +534,19 @@ class KubernetesEventRecorder:
 
 
 def recorder_from_environment(
-    node_name: str, *, driver_name: str = DEFAULT_DRIVER_NAME
+    node_name: str, *, driver_name: str = DEFAULT_DRIVER_NAME, kubeconfig: Path | None = None
 ) -> EventRecorder:
-    """A recorder on the in-cluster API, or a :class:`NullRecorder` when there is none."""
-    if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+    """A recorder on the API (``kubeconfig``, else in-cluster), or a :class:`NullRecorder`."""
+    if not kube_client.reachable(kubeconfig):
         log.info("not running in a cluster (no KUBERNETES_SERVICE_HOST): pod events are off")
         return NullRecorder()
     try:
-        api = _in_cluster_events_api()
+        api = CoreV1EventsApi(kube_client.core_v1(kubeconfig))
     except Exception as error:
         log.warning(
-            "cannot use the in-cluster Kubernetes API: pod events are off",
+            f"cannot use {kube_client.where(kubeconfig)} to reach the Kubernetes API: "
+            "pod events are off",
             extra={"fields": {"error": f"{type(error).__name__}: {str(error)[:200]}"}},
         )
         return NullRecorder()
     return KubernetesEventRecorder(api, node_name=node_name, driver_name=driver_name)
-
-
-def _in_cluster_events_api() -> EventsApi:
-    # Imported here: the client is large and only needed inside a cluster.
-    from kubernetes import client, config  # noqa: PLC0415
-
-    configuration = client.Configuration()
-    load: Callable[..., None] = config.load_incluster_config  # untyped in the client
-    load(client_configuration=configuration)
-    # One retry covers a stale keep-alive connection; more would only add urllib3
-    # warnings while the API server is away. Events are best effort.
-    configuration.retries = 1
-    api_client = client.ApiClient(configuration)
-    api_client.user_agent = f"csi-wasm/{__version__}"
-    return CoreV1EventsApi(client.CoreV1Api(api_client))

@@ -184,7 +184,9 @@ def start(settings: ServeSettings) -> Driver:
         space=collector,
         signatures=SignatureGate(*verification, store, registry, _SignatureMetrics(metrics)),
     )
-    events = recorder_from_environment(node.node_id, driver_name=node.driver_name)
+    events = recorder_from_environment(
+        node.node_id, driver_name=node.driver_name, kubeconfig=settings.kubeconfig
+    )
     service = NodeService(node.pods_dir, puller, records, KernelMounter(), events)
 
     def snapshot() -> StateSnapshot:

@@ -7,7 +7,10 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
+from support.apiserver import FakeConfigMapApiServer
 from support.driver import NodeDirs, in_process, wait_for
+from support.kubeconfig import write_kubeconfig
 from support.oci import push_wasm_artifact
 from support.registry import Registry
 from support.wasm import make_module
@@ -106,3 +109,34 @@ def test_entries_added_and_removed_in_the_file_appear_and_disappear_without_a_re
         rows = states(node_dirs)
         assert rows["../x"][0] == "failed" and "DNS label" in (rows["../x"][2] or "")
         assert sorted(p.name for p in directory.iterdir()) == ["b.wasm", "sha256"]
+
+
+def test_a_configmap_list_through_a_kubeconfig_and_a_warning_event_for_a_bad_name(
+    node_dirs: NodeDirs,
+    registry: Registry,
+    unique_repo: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    pushed = push_wasm_artifact(registry, unique_repo, "v1", make_module(4096, "cm-v1"))
+    entries = [
+        {"name": "waf", "url": f"oci://{pushed.reference}"},
+        {"name": "Bad_Name", "url": f"oci://{pushed.reference}"},
+    ]
+    with FakeConfigMapApiServer() as api:
+        api.put_configmap("csi-wasm", "prefetch", {"prefetch.json": json.dumps(entries)})
+        settings = dataclasses.replace(
+            node_dirs.settings(insecure_registries=frozenset({registry.host})),
+            prefetch_configmap="csi-wasm/prefetch",
+            kubeconfig=write_kubeconfig(node_dirs.base / "kubeconfig", api.url),
+        )
+        with in_process(node_dirs, settings):
+            shown = catalog_dir(node_dirs.root) / "waf.wasm"
+            wait_for(lambda: hash_of(shown) == pushed.module_sha256, timeout=30, what="waf")
+            api.wait_for(lambda: any(r.path.endswith("/events") for r in api.requests))
+        [event] = [r.body for r in api.requests if r.path.endswith("/events")]
+    assert isinstance(event, dict)
+    assert event["involvedObject"]["kind"] == "ConfigMap"
+    assert event["involvedObject"]["name"] == "prefetch"
+    assert (event["type"], event["reason"]) == ("Warning", "InvalidCatalogEntry")
+    assert "'Bad_Name'" in event["message"]
