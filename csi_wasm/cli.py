@@ -405,6 +405,7 @@ def _add_tool_commands(commands: Any, env: Mapping[str, str]) -> None:
     )
     _registry_flags(flag, _TOOL_CREDENTIALS)
     _abi_flag(flag, "judge the module")
+    _verify_flags(flag)  # the node's signature policy, to judge as that node would
     push = commands.add_parser(
         "push",
         help="validate a module as serve would, push it, and print the url and sha256 for a volume",
@@ -468,6 +469,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
             mirrors=tuple(args.registry_mirror),
             abi=Abi(args.abi),
             as_json=args.json,
+            verify=verify_settings_from(args),
         )
     )
 
@@ -526,11 +528,7 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
             credential_recheck=args.credential_recheck,
         ),
         cache=cache_settings_from(args),
-        verify=VerifySettings(
-            keys=tuple(args.verify_key),
-            policy=args.verify_policy or None,
-            unmatched_deny=args.verify_unmatched == "deny",
-        ),
+        verify=verify_settings_from(args),
         prefetch=tuple(args.prefetch),
         prefetch_configmap=args.prefetch_configmap or None,
         prefetch_file=Path(args.prefetch_file) if args.prefetch_file else None,
@@ -540,6 +538,14 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         endpoint=args.endpoint,
         metrics_address=args.metrics_address,
         log_level=args.log_level,
+    )
+
+
+def verify_settings_from(args: argparse.Namespace) -> VerifySettings:
+    return VerifySettings(
+        keys=tuple(args.verify_key),
+        policy=args.verify_policy or None,
+        unmatched_deny=args.verify_unmatched == "deny",
     )
 
 

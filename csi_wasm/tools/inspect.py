@@ -1,9 +1,10 @@
 """``csi-wasm inspect REF|URL|FILE``: what the driver would make of a module, and why.
 
 A reference is pulled by the driver's own :class:`~csi_wasm.puller.Puller` (its
-registry client, mirrors and credentials) into a temporary store that is removed
-afterwards, so formats, index selection, digests checks and error messages are the
-driver's. The module is then judged as a volume asking for ``--abi`` would be.
+registry client, mirrors, credentials and signature gate for the ``--verify-*`` node
+policy) into a temporary store that is removed afterwards, so formats, index
+selection, digest and signature checks and error messages are the driver's. The module
+is then judged as a volume asking for ``--abi`` would be.
 
 What is inspected:
 
@@ -44,9 +45,13 @@ from csi_wasm.settings import (
     DEFAULT_MAX_MODULE_BYTES,
     DEFAULT_PULL_TIMEOUT_SECONDS,
     PullSettings,
+    VerifySettings,
 )
 from csi_wasm.tools.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, RegistryAccess, say_error
 from csi_wasm.verify import Abi, ModuleFacts, judge, read_facts
+from csi_wasm.verify.gate import SignatureGate
+from csi_wasm.verify.keys import load_keys
+from csi_wasm.verify.policy import load_policy
 
 __all__ = ["JSON_FIELDS", "InspectOptions", "Report", "inspect", "inspect_command"]
 
@@ -82,6 +87,7 @@ class InspectOptions:
     as_json: bool = False
     max_module_bytes: int = DEFAULT_MAX_MODULE_BYTES
     timeout: float = DEFAULT_PULL_TIMEOUT_SECONDS
+    verify: VerifySettings = field(default_factory=VerifySettings)  # as serve's --verify-*
 
 
 @dataclass
@@ -199,6 +205,9 @@ def inspect(options: InspectOptions) -> Report:
         return report
     source, sha256 = _parse_target(target)
     keychain = options.access.keychain()
+    keys = load_keys(options.verify.keys)
+    policy_file = Path(options.verify.policy) if options.verify.policy else None
+    policy = load_policy(policy_file, keys, unmatched_deny=options.verify.unmatched_deny)
     if isinstance(source, HttpSource):
         shown = display_url(source.url)
         report = Report(shown, "url", options.abi, shown, format="url")
@@ -207,11 +216,14 @@ def inspect(options: InspectOptions) -> Report:
 
     def pull(tmp: Path) -> None:
         with RegistryClient(options.access.options()) as client:
-            if isinstance(source, HttpSource) and sha256 is None:
-                _download(client, source, tmp, options, report)
-                return
             store = ModuleStore(tmp / "cache")
             store.prepare()
+            gate = SignatureGate(keys, policy, store, client)
+            if isinstance(source, HttpSource) and sha256 is None:
+                # An enforced signature rule refuses any https URL, as serve does.
+                gate.requirement(ModuleRequest(source, None, PullPolicy.ALWAYS))
+                _download(client, source, tmp, options, report)
+                return
             access = AccessRecords(tmp / "access")
             access.prepare()
             settings = PullSettings(
@@ -225,6 +237,7 @@ def inspect(options: InspectOptions) -> Report:
                 node_keychain=keychain,
                 mirrors=mirrors,
                 on_resolved=report.resolved,
+                signatures=gate,
             )
             request = ModuleRequest(source, sha256, PullPolicy.ALWAYS)
             module = puller.get(request, None, wait=options.timeout)

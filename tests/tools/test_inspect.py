@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from registry.fake_registry import FakeServer, make_self_signed, reply
+from support.cosign import Signer, push_signature_tag, signed_layer, simplesigning_payload
 from support.driver import NodeDirs, in_process
 from support.kubelet import dockerconfigjson, rpc_error
 from support.oci import (
@@ -27,6 +29,7 @@ from support.wasm import make_module
 
 from csi_wasm.cli import main
 from csi_wasm.formats import mediatypes as mt
+from csi_wasm.settings import VerifySettings
 from csi_wasm.tools.common import RegistryAccess
 from csi_wasm.tools.inspect import JSON_FIELDS, InspectOptions, inspect
 from csi_wasm.verify import Abi
@@ -380,3 +383,40 @@ def test_abi_any_from_the_environment(
     monkeypatch.setenv("CSI_WASM_JSON", "true")
     assert main(["inspect", pushed.reference]) == 0
     assert json.loads(capsys.readouterr().out)["abi"] == Abi.ANY.value
+
+
+# -- the node's signature policy -----------------------------------------------------------
+
+
+def test_signature_policy_as_the_node_has_it(
+    run: Run, registry: Registry, unique_repo: str, tmp_path: Path, node_dirs: NodeDirs
+) -> None:
+    signer = Signer.p256()
+    key = f"team={signer.write_public(tmp_path / 'team.pub')}"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f'rules:\n- match: "{registry.host}/**"\n  keys: [team]\n  mode: enforce\n')
+    verify = ("--verify-key", key, "--verify-policy", str(policy))
+    unsigned = push_wasm_artifact(registry, unique_repo, "unsigned", make_module(2048, "i-uns"))
+    signed = push_wasm_artifact(registry, unique_repo, "signed", make_module(2048, "i-sig"))
+    payload = simplesigning_payload(signed.manifest_digest, signed.reference)
+    push_signature_tag(
+        registry, unique_repo, signed.manifest_digest, [signed_layer(signer, payload)]
+    )
+
+    assert run(signed.reference, *verify)[0] == 0
+    status, _, err = run(unsigned.reference, *verify)
+    assert status == 1
+    settings = dataclasses.replace(
+        node_dirs.settings(insecure_registries=frozenset({registry.host})),
+        verify=VerifySettings((key,), str(policy)),
+    )
+    with in_process(node_dirs, settings) as (_driver, kubelet):
+        _, message = rpc_error(
+            lambda: kubelet.publish(kubelet.new_pod(), {"url": unsigned.reference})
+        )
+    assert err == f"csi-wasm inspect: {message}\n"
+    assert "needs a signature by key team" in message
+    # Without the node's policy, the same module would be served.
+    assert run(unsigned.reference)[0] == 0
+    # A key file that cannot be read is a usage error.
+    assert run(unsigned.reference, "--verify-key", f"team={tmp_path / 'none.pub'}")[0] == 2
