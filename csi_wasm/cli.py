@@ -392,7 +392,7 @@ def _add_tool_commands(commands: Any, env: Mapping[str, str]) -> None:
         "target",
         metavar="REF|URL|FILE",
         help="what a volume's url names, "
-        "or a module file (a path that exists or starts with / ./ ../)",
+        "or a module file (a path that exists, starts with / ./ ../ or ends in .wasm)",
     )
     flag = _flag_adder(inspect, env)
     flag(

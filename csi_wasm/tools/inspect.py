@@ -12,8 +12,8 @@ What is inspected:
 * ``https://...``: downloaded as the driver does and unpacked (Wasm, gzip or tarball);
   with a ``#sha256=<hex>`` suffix the download goes through the puller and the sha256
   is checked, as a volume's ``sha256`` attribute would be;
-* a file: a path that exists, or that starts with ``/``, ``./`` or ``../``; unpacked
-  like an https body.
+* a file: a path that exists, starts with ``/``, ``./`` or ``../``, or ends in ``.wasm``;
+  unpacked like an https body.
 
 Exit status: 0 when the driver would serve the module, 1 when it would refuse it (the
 message on stderr), 2 for a usage error (see :mod:`csi_wasm.tools.common`).
@@ -265,7 +265,9 @@ def _run(report: Report, work: Callable[[Path], None]) -> None:
 
 
 def _is_file(target: str) -> bool:
-    return target.startswith(("/", "./", "../")) or os.path.lexists(target)
+    # "filter.wasm" would otherwise be docker.io/library/filter.wasm: a typo would pull.
+    looks_like_path = target.startswith(("/", "./", "../")) or target.endswith(".wasm")
+    return looks_like_path or os.path.lexists(target)
 
 
 def _parse_target(target: str) -> tuple[Reference | HttpSource, str | None]:

@@ -226,10 +226,16 @@ def test_a_truncated_file_names_the_validators_reason(run: Run, tmp_path: Path) 
     assert document["message"] in err
 
 
-def test_a_missing_file_is_one_line(run: Run, tmp_path: Path) -> None:
+def test_a_missing_file_is_one_line(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     status, _, err = run(str(tmp_path / "nothing.wasm"))
     assert status == 1
     assert err == f"csi-wasm inspect: {tmp_path / 'nothing.wasm'}: No such file or directory\n"
+    # A bare name ending in .wasm is a file too, not docker.io/library/typo.wasm.
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run("typo.wasm")
+    assert (status, err) == (1, "csi-wasm inspect: typo.wasm: No such file or directory\n")
 
 
 @pytest.mark.parametrize(
