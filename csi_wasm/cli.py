@@ -15,7 +15,7 @@ import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from csi_wasm import __version__, logs
 from csi_wasm.errors import CsiWasmError
@@ -31,6 +31,9 @@ from csi_wasm.settings import (
     ServeSettings,
     VerifySettings,
 )
+
+if TYPE_CHECKING:
+    from csi_wasm.tools.common import RegistryAccess
 
 ENV_PREFIX = "CSI_WASM_"
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
@@ -448,7 +451,7 @@ class _StoreTrue(argparse.Action):
         setattr(namespace, self.dest, True)
 
 
-def _registry_access(args: argparse.Namespace) -> Any:
+def _registry_access(args: argparse.Namespace) -> RegistryAccess:
     from csi_wasm.tools.common import RegistryAccess  # noqa: PLC0415 - keep --help fast
 
     return RegistryAccess(
