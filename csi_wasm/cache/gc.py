@@ -4,7 +4,9 @@ A module is *in use*, and never evicted, while any of these holds it:
 
 * a volume record names it (a pod shows it);
 * it is pinned in memory (a publish picked it and has not written its record yet; see
-  :mod:`csi_wasm.cache.store`), or was pinned at any time during this collection;
+  :mod:`csi_wasm.cache.store`), or was pinned at any time during this collection.
+  ``csi-wasm gc`` beside a running ``serve`` has the driver collect, so these pins
+  count for it too (:mod:`csi_wasm.cache.gc_requests`);
 * a pin source lists it (``add_pin_source``: the prefetch list);
 * a bind mount shows it (read from mountinfo: a mount without a record, e.g. one
   still being adopted, is in use all the same).
@@ -16,17 +18,19 @@ a pull is about to add), or while the disk has less free space than a pull needs
 Eviction is two steps. Under the store's lock (the one pins take) the victims are
 renamed from ``modules/`` into ``trash/``: they vanish atomically for every lookup,
 and a later pin misses them. Outside the lock, the volume records and the mount table
-are read again; a victim that another process started to publish meanwhile (``csi-wasm
-gc`` runs beside ``serve``, and cannot see its pins) is put back, any other one is
-deleted. A bind mount holds the directory itself, so the contents of a module that any
-mount shows are never deleted, even if it reached the trash. Index entries that led to
-an evicted module are dropped (they already read as cache misses).
+are read again; a victim that another process started to publish meanwhile is put
+back, any other one is deleted. A bind mount holds the directory itself, so the
+contents of a module that any mount shows are never deleted, even if it reached the
+trash. Index entries that led to an evicted module are dropped (they already read as
+cache misses).
 
 Collections are serialised across processes by ``<root>/.lock`` (flock).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -35,8 +39,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from csi_wasm.cache import gc_requests
 from csi_wasm.cache.store import CachedModule, ModuleStore, is_sha256_hex
 from csi_wasm.cache.volumes import VolumeRecords
 from csi_wasm.catalog.directory import catalog_dir, held_digests
@@ -156,6 +161,24 @@ class CacheCollector:
         """
         self._pin_sources.append(source)
 
+    def requested(self, settings: CacheSettings, dry_run: bool) -> dict[str, Any]:
+        """A collection ``csi-wasm gc`` asked for: its budget, our pins and pin sources.
+
+        Returns the report as JSON data (see :mod:`csi_wasm.cache.gc_requests`).
+        """
+        other = CacheCollector(
+            self._store,
+            self._records,
+            settings,
+            clock=self._clock,
+            mountinfo=self._mountinfo,
+            observer=self._observer,
+        )
+        other._pin_sources = self._pin_sources  # the same list: sources added later count
+        report = other.collect(dry_run=dry_run)
+        log_report(report)
+        return dataclasses.asdict(report)
+
     # what the puller needs (csi_wasm.puller.CacheSpace)
 
     def reserve(self, incoming: int) -> None:
@@ -171,9 +194,15 @@ class CacheCollector:
     # the collection
 
     def collect(
-        self, *, dry_run: bool = False, incoming: int = 0, disk_needed: int = 0
+        self,
+        *,
+        dry_run: bool = False,
+        incoming: int = 0,
+        disk_needed: int = 0,
+        lock_held: bool = False,
     ) -> GcReport:
-        with self._store.exclusive():
+        """Evict what is due; ``lock_held``: the caller holds ``<root>/.lock`` already."""
+        with contextlib.nullcontext() if lock_held else self._store.exclusive():
             self._sweep_leftovers()
             self._store.watch_pins()
             try:
@@ -454,8 +483,33 @@ def gc_command(
     if not store.modules_dir.is_dir():
         out(f"csi-wasm: {root} holds no module cache (check --root)")
         return 2
-    collector = CacheCollector(store, VolumeRecords(root / "volumes"), settings)
-    collector.add_pin_source(lambda: held_digests(catalog_dir(root)))  # as serve does
-    report = collector.collect(dry_run=dry_run)
+    try:
+        report = _collect_beside_serve(store, settings, dry_run)
+    except gc_requests.DriverUnreachable as error:
+        out(f"csi-wasm: {error}")
+        return 1
     print_report(report, root, time.time(), out)
     return 0
+
+
+def _collect_beside_serve(store: ModuleStore, settings: CacheSettings, dry_run: bool) -> GcReport:
+    """Through the driver serving ``store`` if one runs (it sees its pins), else here."""
+    with contextlib.ExitStack() as stack:
+        with store.exclusive():  # see gc_requests: no driver starts serving meanwhile
+            driver = stack.enter_context(gc_requests.connect(store.root))
+            if driver is None:
+                collector = CacheCollector(store, VolumeRecords(store.root / "volumes"), settings)
+                collector.add_pin_source(lambda: held_digests(catalog_dir(store.root)))  # as serve
+                return collector.collect(dry_run=dry_run, lock_held=True)
+        answer = gc_requests.ask(driver, settings, dry_run=dry_run)  # the driver takes the lock
+    try:
+        return GcReport(
+            evicted=tuple(Eviction(**eviction) for eviction in answer["evicted"]),
+            in_use=answer["in_use"],
+            cache_bytes=answer["cache_bytes"],
+            cache_modules=answer["cache_modules"],
+            dry_run=answer["dry_run"],
+            put_back=tuple(answer["put_back"]),
+        )
+    except (KeyError, TypeError) as error:
+        raise gc_requests.DriverUnreachable(f"the running driver answered {error!r}") from None

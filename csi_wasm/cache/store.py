@@ -11,6 +11,7 @@ Layout (everything the driver owns lives below the root)::
     trash/<hex>.<token>                modules being evicted (see :mod:`csi_wasm.cache.gc`)
     quarantine/<hex>.<time>            modules that failed ``csi-wasm fsck``
     .lock                              flock'ed by whoever evicts or quarantines modules
+    gc.sock                            serve's: ``csi-wasm gc`` collects through it (pins)
 
 A module directory is assembled in ``tmp/`` and renamed into ``modules/`` only after
 its bytes were hashed, so a half-written or unverified module is never visible under
@@ -21,7 +22,9 @@ Pins. A module is in use while a volume record names it or while it is *pinned* 
 memory: a publish pins the module it picked until its volume record is written.
 ``lock`` guards the pins and every rename into or out of ``modules/``, so a pin
 either finds the module and keeps it, or finds it already gone (a cache miss); the
-collector picks its victims under the same lock. A module directory's mtime is its
+collector picks its victims under the same lock; ``csi-wasm gc`` has a running driver
+collect (:mod:`csi_wasm.cache.gc_requests`), so no other collector needs to see the
+pins (fsck, in its own process, moves only damaged modules). A module directory's mtime is its
 last use: pinning touches it (one utime, no fsync).
 """
 

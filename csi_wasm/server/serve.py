@@ -25,6 +25,7 @@ from csi_wasm import __version__
 from csi_wasm._proto import csi_pb2_grpc
 from csi_wasm.access import AccessRecords
 from csi_wasm.cache.gc import CacheCollector, GcLoop, PinHandover, log_report
+from csi_wasm.cache.gc_requests import GcListener
 from csi_wasm.cache.reconcile import reconcile
 from csi_wasm.cache.store import ModuleStore
 from csi_wasm.cache.volumes import VolumeRecords
@@ -130,9 +131,12 @@ class Driver:
     metrics_server: MetricsServer | None = field(default=None)
     catalog: Catalog | None = None
     lists: ListFollowers | None = None
+    gc_listener: GcListener | None = None
 
     def stop(self, grace: float = 5.0) -> None:
         self.server.stop(grace).wait()
+        if self.gc_listener is not None:
+            self.gc_listener.close()
         if self.lists is not None:
             self.lists.stop()  # the ConfigMap watcher too
         elif self.watcher is not None:
@@ -207,6 +211,9 @@ def start(settings: ServeSettings) -> Driver:
     metrics_server = None
     if settings.metrics_address:
         metrics_server = serve_metrics(settings.metrics_address, metrics, store.usable)
+    # Before the first publish: csi-wasm gc collects through us, so it sees our pins.
+    gc_listener = GcListener(store, collector.requested)
+    gc_listener.start()
     server.add_insecure_port(f"unix://{path}")
     server.start()
     gc = GcLoop(collector, settings.cache.gc_interval, log_report)
@@ -243,6 +250,7 @@ def start(settings: ServeSettings) -> Driver:
         metrics_server,
         catalog,
         lists,
+        gc_listener,
     )
 
 

@@ -25,6 +25,7 @@ from support.wasm import make_module
 
 from csi_wasm.cache.fsck import check_store
 from csi_wasm.cache.store import ModuleStore
+from csi_wasm.cache.volumes import VolumeRecord, VolumeRecords
 from csi_wasm.mounts import find_mount, unmount
 from csi_wasm.prefetch import PrefetchEntry
 from csi_wasm.settings import CacheSettings, ServeSettings
@@ -290,6 +291,75 @@ def test_gc_command_beside_serve_keeps_what_is_in_use(
         kubelet.publish(again, {"url": unused.reference})  # pulled again
         assert (again.target / "plugin.wasm").read_bytes() == unused_module
         assert blob_gets(registry, unused) == 2
+
+
+class HeldRecords:
+    """Holds the publishes of chosen volumes just before their record is written: the
+    module is picked and pinned, nothing on disk names it yet."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, volume_ids: set[str]) -> None:
+        self.arrived: set[str] = set()
+        self.release = threading.Event()
+        self._changed = threading.Condition()
+        put = VolumeRecords.put
+
+        def held_put(records: VolumeRecords, record: VolumeRecord) -> None:
+            if record.volume_id in volume_ids:
+                with self._changed:
+                    self.arrived.add(record.volume_id)
+                    self._changed.notify_all()
+                assert self.release.wait(60)
+            put(records, record)
+
+        monkeypatch.setattr(VolumeRecords, "put", held_put)
+
+    def wait_for(self, count: int) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: len(self.arrived) == count, timeout=30)
+
+
+def test_gc_command_with_a_zero_budget_never_fails_a_publish_between_pick_and_record(
+    node_dirs: NodeDirs, registry: Registry, unique_repo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real ``csi-wasm gc --cache-max-bytes 0`` while publishes hold pins only in the
+    driver's memory: it collects through the driver, so they all mount; the rest goes."""
+    modules = [make_module(8 * KIB, f"held-{i}") for i in range(3)]
+    pushed = [push_wasm_artifact(registry, unique_repo, f"v{i}", m) for i, m in enumerate(modules)]
+    with in_process(node_dirs, settings_with(node_dirs, registry, gc_interval=3600)) as (
+        _,
+        kubelet,
+    ):
+        for module in pushed:  # cached, unused: evictable by a 0 byte budget
+            pod = kubelet.new_pod()
+            kubelet.publish(pod, {"url": module.reference})
+            kubelet.unpublish(pod)
+        warm = [kubelet.new_pod(name=f"warm-{i}") for i in range(2)]  # modules 0 and 1
+        cold = kubelet.new_pod(name="cold")  # module 2 after a pull: evicted first
+        held = HeldRecords(monkeypatch, {pod.volume_id for pod in (*warm, cold)})
+        gc = cli("gc", "--root", str(node_dirs.root), "--cache-max-bytes", "0")
+        assert gc.returncode == 0, gc.stderr
+        assert f"evicted sha256:{pushed[2].module_sha256}" in gc.stdout
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            publishes = [
+                pool.submit(kubelet.publish, pod, {"url": pushed[i].reference})
+                for i, pod in enumerate((*warm, cold))
+            ]
+            try:
+                held.wait_for(3)
+                result = cli("gc", "--root", str(node_dirs.root), "--cache-max-bytes", "0")
+                again = cli("gc", "--root", str(node_dirs.root), "--cache-ttl", "0s")
+            finally:
+                held.release.set()
+            for publish in publishes:
+                publish.result()  # raises if a publish failed
+        assert result.returncode == 0 and again.returncode == 0, result.stderr + again.stderr
+        assert result.stdout.splitlines()[-1].startswith("freed 0 bytes in 0 module(s)")
+        assert result.stdout.splitlines()[-1].endswith("3 in use")
+        for i, pod in enumerate((*warm, cold)):
+            assert (pod.target / "plugin.wasm").read_bytes() == modules[i]
+            kubelet.unpublish(pod)
+        final = cli("gc", "--root", str(node_dirs.root), "--cache-max-bytes", "0")
+        assert final.stdout.splitlines()[-1].startswith("freed 24576 bytes in 3 module(s)")
 
 
 def test_fsck_quarantines_a_corrupted_module_and_the_next_publish_pulls_it(
