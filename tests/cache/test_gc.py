@@ -126,13 +126,24 @@ class Node:
         return {m.digest for m in self.store.cached_modules()}
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Node:
-    store = ModuleStore(tmp_path / "root")
+def make_node(root: Path) -> Node:
+    store = ModuleStore(root)
     store.prepare()
-    records = VolumeRecords(tmp_path / "root" / "volumes")
+    records = VolumeRecords(root / "volumes")
     records.prepare()
     return Node(store, records)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Node:
+    return make_node(tmp_path / "root")
+
+
+@pytest.fixture
+def private_disk_node(tmp_path: Path) -> Iterator[Node]:
+    """A node whose root is a tmpfs of its own: free space no other process changes."""
+    with tmpfs(tmp_path / "root", size="1m") as disk:
+        yield make_node(disk.path)
 
 
 def test_ttl_eviction_deletes_files_index_and_counts(node: Node) -> None:
@@ -317,7 +328,8 @@ def test_reserve_collects_only_when_over_budget(node: Node) -> None:
     assert node.evicted == [(REASON_SIZE, size)]
 
 
-def test_free_disk_evicts_until_enough_is_free(node: Node) -> None:
+def test_free_disk_evicts_until_enough_is_free(private_disk_node: Node) -> None:
+    node = private_disk_node
     a = node.module("a", age_days=2)
     node.module("b", age_days=1)
     stats = os.statvfs(node.store.root)
@@ -471,9 +483,7 @@ def test_gc_loop_logs_a_read_only_root_once_and_its_repair_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with tmpfs(tmp_path / "root") as disk:
-        node = Node(ModuleStore(disk.path), VolumeRecords(disk.path / "volumes"))
-        node.store.prepare()
-        node.records.prepare()
+        node = make_node(disk.path)
         collector = CountingCollector(node)
         reports: list[GcReport] = []
         disk.read_only()
