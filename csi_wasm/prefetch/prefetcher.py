@@ -1,8 +1,10 @@
 """The prefetcher: pull listed modules on every node before a pod asks for them.
 
-:class:`Prefetcher` owns one daemon thread that fetches every listed entry through the
-``fetch`` seam (in the driver: the shared puller, so a prefetch and a pod's publish join
-the same download). Rules:
+:class:`Prefetcher` owns one daemon thread that schedules every listed entry, and runs
+each fetch through the ``fetch`` seam (in the driver: the shared puller, so a prefetch
+and a pod's publish join the same download) on a thread of its own, at most ``workers``
+at a time: a registry that hangs holds up only its own entries, until the pull
+timeout ends them. Rules:
 
 * A failure is retried per entry with exponential backoff and jitter, capped
   (``backoff_initial`` doubling up to ``backoff_max``), forever while the entry is
@@ -36,6 +38,7 @@ from csi_wasm.prefetch.entries import PrefetchEntry
 log = logging.getLogger(__name__)
 
 DEFAULT_REFRESH = 3600.0
+DEFAULT_WORKERS = 4  # fetches at once: a few hanging registries leave room for the rest
 _REFRESH_JITTER = 0.1
 
 # --- the prefetcher -------------------------------------------------------------------
@@ -61,6 +64,7 @@ class _Tracked:
     error: str | None = None  # of the last attempt, if it failed
     logged_error: str | None = None  # the last failure logged at warning level
     attempted: bool = False
+    fetching: bool = False  # an attempt is running (never two at once for one entry)
 
     @property
     def moving(self) -> bool:
@@ -72,9 +76,10 @@ class Prefetcher:
 
     ``fetch`` pulls a module (or finds it in the cache) and returns its digest (hex);
     it raises :class:`~csi_wasm.errors.CsiWasmError` on failure. ``on_result(url, ok)``
-    is told about every finished attempt (metrics). ``clock``, ``wait`` (called with
-    the worker's condition held, like ``Condition.wait``) and ``jitter`` (a draw in
-    [0, 1)) are seams for tests.
+    is told about every finished attempt (metrics). ``workers`` bounds the fetches that
+    run at once. ``clock``, ``wait`` (called with the scheduler's condition held, like
+    ``Condition.wait``; only the scheduler thread waits through it) and ``jitter`` (a
+    draw in [0, 1)) are seams for tests.
     """
 
     def __init__(
@@ -89,8 +94,11 @@ class Prefetcher:
         backoff_max: float = 600.0,
         refresh: float = DEFAULT_REFRESH,
         on_result: Callable[[str, bool], None] | None = None,
+        workers: int = DEFAULT_WORKERS,
     ) -> None:
         self._fetch = fetch
+        self._workers = max(1, workers)
+        self._fetching: set[threading.Thread] = set()
         self._clock = clock
         self._wait = wait
         self._jitter = jitter
@@ -150,13 +158,20 @@ class Prefetcher:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the worker; a fetch in progress is not waited for beyond ``timeout``."""
+        """Stop the scheduler; fetches in progress are not waited for beyond ``timeout``."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+            threads = [self._thread, *self._fetching]
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+    def in_flight(self) -> int:
+        """How many fetches are running now."""
+        with self._cond:
+            return len(self._fetching)
 
     # The list.
 
@@ -202,7 +217,7 @@ class Prefetcher:
         self._tracked = tracked_now
         return added, len(removed)
 
-    # The worker.
+    # The scheduler and its fetches.
 
     def _run(self) -> None:
         while True:
@@ -210,18 +225,37 @@ class Prefetcher:
                 tracked = self._next_due()
                 if tracked is None:
                     return
+                tracked.fetching = True
+                fetching = threading.Thread(
+                    target=self._fetch_one, args=(tracked,), name="prefetch-fetch", daemon=True
+                )
+                self._fetching.add(fetching)
+            fetching.start()
+
+    def _fetch_one(self, tracked: _Tracked) -> None:
+        try:
             self._attempt(tracked)
+        finally:
+            with self._cond:
+                tracked.fetching = False
+                self._fetching.discard(threading.current_thread())
+                self._cond.notify_all()  # a free worker: the scheduler may start another
 
     def _next_due(self) -> _Tracked | None:
-        """The entry to fetch now, waiting until one is due; None once stopping."""
+        """The entry to fetch now, waiting until one is due and a worker is free; None
+        once stopping. Entries being fetched wait for their attempt to end."""
         while not self._stopping:
             now = self._clock()
-            pending = list(self._tracked.values())
-            due = [t for t in pending if t.next_at <= now]
-            if due:
+            idle = [t for t in self._tracked.values() if not t.fetching]
+            free = len(self._fetching) < self._workers
+            due = [t for t in idle if t.next_at <= now]
+            if due and free:
                 return min(due, key=lambda t: t.next_at)
-            upcoming = [t.next_at for t in pending if math.isfinite(t.next_at)]
-            self._wait(self._cond, max(0.0, min(upcoming) - now) if upcoming else None)
+            upcoming = [t.next_at for t in idle if math.isfinite(t.next_at)]
+            if free and upcoming:
+                self._wait(self._cond, max(0.0, min(upcoming) - now))
+            else:
+                self._wait(self._cond, None)  # woken by a new list, a worker, or stop()
         return None
 
     def _attempt(self, tracked: _Tracked) -> None:

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -45,28 +46,37 @@ def warnings_in(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 class FakeTime:
-    """The prefetcher's clock and wait. The worker only moves on when notified: by the
-    prefetcher itself (new list, stop) or by :meth:`advance` / :meth:`settle`."""
+    """The prefetcher's clock and wait. The scheduler only moves on when notified: by the
+    prefetcher itself (new list, a fetch done, stop) or by :meth:`advance` / :meth:`settle`.
+
+    Settled means: the scheduler waits, and every fetch running is one a test holds
+    (:meth:`FakeFetch.hold`); ``in_flight`` tells how many run (set by make_prefetcher).
+    """
 
     def __init__(self) -> None:
         self.now = 1000.0
-        self.timeouts: list[float | None] = []  # what the worker asked to wait, in order
+        self.timeouts: list[float | None] = []  # what the scheduler asked to wait, in order
+        self.in_flight: Callable[[], int] = lambda: 0
         self._meta = threading.Condition()
         self._conditions: list[threading.Condition] = []
         self._generation = 0
         self._slept_at = -1
         self._sleeping = False
+        self._idle = False  # when it last began to wait: only held fetches were running
+        self._held = 0
 
     def clock(self) -> float:
         return self.now
 
     def wait(self, condition: threading.Condition, timeout: float | None) -> bool:
         # Called with ``condition`` held, as Condition.wait is.
+        running = self.in_flight()  # consistent: the condition (an RLock) is held
         with self._meta:
             if condition not in self._conditions:
                 self._conditions.append(condition)
             self._sleeping = True
             self._slept_at = self._generation
+            self._idle = running == self._held
             self.timeouts.append(timeout)
             self._meta.notify_all()
         condition.wait()
@@ -86,9 +96,20 @@ class FakeTime:
                 condition.notify_all()
         with self._meta:
             settled = self._meta.wait_for(
-                lambda: self._sleeping and self._slept_at == self._generation, timeout=10
+                lambda: self._sleeping and self._slept_at == self._generation and self._idle,
+                timeout=10,
             )
-        assert settled, "the prefetch worker did not settle"
+        assert settled, "the prefetcher did not settle"
+
+    def held(self, change: int) -> None:
+        """A fetch is held (+1) by a test or let go (-1, before it is let go)."""
+        with self._meta:
+            self._held += change
+            conditions = list(self._conditions)
+        if change > 0:  # the scheduler looks again: maybe only held fetches run now
+            for condition in conditions:
+                with condition:
+                    condition.notify_all()
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
@@ -104,8 +125,11 @@ class FakeFetch:
     def __init__(self, outcomes: dict[str, list[Outcome]], time_: FakeTime) -> None:
         self.outcomes = outcomes
         self.calls: list[tuple[str, float]] = []  # (source, clock at the call)
-        self.gates: dict[str, threading.Event] = {}
         self.entered = threading.Event()
+        self.most_at_once = 0  # the most fetches that ever ran at the same time
+        self._gates: dict[str, threading.Event] = {}
+        self._waiting: dict[str, int] = {}  # fetches held at each gate now
+        self._running = 0
         self._time = time_
         self._lock = threading.Lock()
 
@@ -115,17 +139,49 @@ class FakeFetch:
             self.calls.append((key, self._time.now))
             outcomes = self.outcomes[key]
             outcome = outcomes.pop(0) if len(outcomes) > 1 else outcomes[0]
-        gate = self.gates.get(key)
-        if gate is not None:
-            self.entered.set()
-            assert gate.wait(10)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
+            self._running += 1
+            self.most_at_once = max(self.most_at_once, self._running)
+            gate = self._gates.get(key)
+            held = gate is not None and not gate.is_set()
+            if held:
+                self._waiting[key] = self._waiting.get(key, 0) + 1
+        try:
+            if gate is not None and held:
+                self._time.held(+1)
+                self.entered.set()
+                assert gate.wait(10)
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+        finally:
+            with self._lock:
+                self._running -= 1
+
+    def hold(self, source: str) -> None:
+        """Fetches of ``source`` wait (hang, as a registry that never answers) until
+        :meth:`release`."""
+        self._gates[source] = threading.Event()
+
+    def release(self, source: str) -> None:
+        with self._lock:
+            gate = self._gates.pop(source)
+            held = self._waiting.pop(source, 0)
+        if held:
+            self._time.held(-held)
+        gate.set()
 
     def sources(self) -> list[str]:
         with self._lock:
             return [source for source, _ in self.calls]
+
+    def batches(self, *sizes: int) -> list[list[str]]:
+        """The sources in consecutive batches of ``sizes``, each sorted: fetches started
+        together run in parallel, in no set order."""
+        sources, batches = self.sources(), []
+        for size in sizes:
+            batches.append(sorted(sources[:size]))
+            sources = sources[size:]
+        return [*batches, sources] if sources else batches
 
 
 A = "ghcr.io/acme/a:v1"
@@ -148,6 +204,7 @@ def make_prefetcher(fake_time: FakeTime) -> Iterator[Callable[..., Prefetcher]]:
         options.setdefault("wait", fake_time.wait)
         options.setdefault("jitter", lambda: 0.0)
         prefetcher = Prefetcher(fetch, **options)
+        fake_time.in_flight = prefetcher.in_flight
         made.append(prefetcher)
         return prefetcher
 
@@ -175,7 +232,7 @@ def test_every_listed_module_is_fetched_and_pinned(
     fake_time.settle(prefetcher.start)
     fake_time.settle(lambda: prefetcher.set_dynamic([PrefetchEntry(B), PrefetchEntry(PINNED)]))
 
-    assert fetch.sources() == [A, B, PINNED]
+    assert fetch.batches(1, 2) == [[A], sorted([B, PINNED])]
     assert prefetcher.pinned() == {HEX_A, HEX_B, HEX_D}
     assert prefetcher.status() == {
         f"oci://{A}": f"ready {HEX_A}",
@@ -183,7 +240,8 @@ def test_every_listed_module_is_fetched_and_pinned(
         PINNED: f"ready {HEX_D}",
     }
     assert prefetcher.counts() == {"ready": 3, "failing": 0, "pending": 0}
-    assert results == [(f"oci://{A}", True), (B, True), (PINNED, True)]
+    assert results[0] == (f"oci://{A}", True)
+    assert sorted(results[1:]) == sorted([(B, True), (PINNED, True)])
     assert fake_time.timeouts[-1] is None  # nothing can move: nothing more to do, ever
 
 
@@ -299,7 +357,7 @@ def test_pinned_holds_digests_only_while_listed(
 
     # Listed again: fetched again (from the cache, in the driver) and pinned again.
     fake_time.settle(lambda: prefetcher.set_dynamic([PrefetchEntry(B)]))
-    assert fetch.sources() == [A, B, PINNED, B]
+    assert fetch.batches(1, 2, 1) == [[A], sorted([B, PINNED]), [B]]
     assert prefetcher.pinned() == {HEX_A, HEX_B}
 
 
@@ -311,12 +369,12 @@ def test_an_entry_removed_from_the_list_is_no_longer_retried(
     fake_time.settle(prefetcher.start)
     fake_time.settle(lambda: prefetcher.set_dynamic([PrefetchEntry(A), PrefetchEntry(B)]))
     fake_time.advance(5)
-    assert fetch.sources() == [A, B, A]
+    assert fetch.batches(2, 1) == [[A, B], [A]]
 
     fake_time.settle(lambda: prefetcher.set_dynamic([PrefetchEntry(B)]))
     fake_time.advance(3600)
 
-    assert fetch.sources() == [A, B, A]
+    assert fetch.batches(2, 1) == [[A, B], [A]]
     assert prefetcher.status() == {B: f"ready {HEX_B}"}
     assert prefetcher.counts() == {"ready": 1, "failing": 0, "pending": 0}
 
@@ -325,18 +383,75 @@ def test_a_fetch_finishing_after_its_entry_was_removed_is_dropped(
     fake_time: FakeTime, make_prefetcher: Callable[..., Prefetcher]
 ) -> None:
     fetch = FakeFetch({A: [HEX_A]}, fake_time)
-    gate = threading.Event()
-    fetch.gates[A] = gate
+    fetch.hold(A)
     prefetcher = make_prefetcher(fetch)
     prefetcher.start()
     prefetcher.set_dynamic([PrefetchEntry(A)])
     assert fetch.entered.wait(10)
 
     prefetcher.set_dynamic([])  # does not wait for the fetch
-    fake_time.settle(gate.set)
+    fake_time.settle(lambda: fetch.release(A))
 
     assert prefetcher.pinned() == set()
     assert prefetcher.status() == {}
+
+
+def test_one_hanging_fetch_does_not_hold_up_the_others(
+    fake_time: FakeTime, make_prefetcher: Callable[..., Prefetcher]
+) -> None:
+    down = Unavailable("registry down")
+    fetch = FakeFetch({A: [HEX_A], B: [down, HEX_B], PINNED: [HEX_D]}, fake_time)
+    fetch.hold(A)  # its registry accepts the connection and never answers
+    prefetcher = make_prefetcher(
+        fetch, static=[PrefetchEntry(A), PrefetchEntry(B), PrefetchEntry(PINNED)]
+    )
+    start = fake_time.now
+
+    fake_time.settle(prefetcher.start)
+    assert prefetcher.status() == {
+        A: "pending",
+        B: f"retrying in 5s: {down.message}",
+        PINNED: f"ready {HEX_D}",
+    }
+    fake_time.advance(5)  # B's retry is on time, A still hangs
+    assert prefetcher.status()[B] == f"ready {HEX_B}"
+    assert [when - start for source, when in fetch.calls if source == B] == [0, 5]
+    assert prefetcher.pinned() == {HEX_B, HEX_D}
+    assert prefetcher.in_flight() == 1
+
+    fake_time.settle(lambda: fetch.release(A))
+    assert prefetcher.status()[A] == f"ready {HEX_A}"
+    assert prefetcher.pinned() == {HEX_A, HEX_B, HEX_D}
+    assert fetch.sources().count(A) == 1  # a running fetch is never started twice
+
+
+def test_at_most_workers_fetches_run_at_once(
+    fake_time: FakeTime, make_prefetcher: Callable[..., Prefetcher]
+) -> None:
+    listed = [A, B, LATEST, PINNED]
+    fetch = FakeFetch({A: [HEX_A], B: [HEX_B], LATEST: [HEX_C], PINNED: [HEX_D]}, fake_time)
+    for source in listed:
+        fetch.hold(source)
+    prefetcher = make_prefetcher(fetch, static=[PrefetchEntry(s) for s in listed], workers=2)
+
+    fake_time.settle(prefetcher.start)
+    first = fetch.sources()
+    assert len(first) == 2 and prefetcher.in_flight() == 2
+    assert fake_time.timeouts[-1] is None  # waits for a free worker, not for a time
+
+    fake_time.settle(lambda: fetch.release(first[0]))
+    assert len(fetch.sources()) == 3 and prefetcher.in_flight() == 2
+    released = {first[0]}
+    while len(released) < len(listed):  # let the running ones go, one at a time
+        source = next(s for s in fetch.sources() if s not in released)
+        fake_time.settle(partial(fetch.release, source))
+        released.add(source)
+        assert prefetcher.in_flight() == min(2, len(listed) - len(released))
+
+    assert sorted(fetch.sources()) == sorted(listed)
+    assert prefetcher.pinned() == {HEX_A, HEX_B, HEX_C, HEX_D}
+    assert fetch.most_at_once == 2
+    assert prefetcher.in_flight() == 0
 
 
 def test_moving_tags_are_refreshed_and_a_moved_tag_is_pinned_anew(
@@ -363,7 +478,7 @@ def test_moving_tags_are_refreshed_and_a_moved_tag_is_pinned_anew(
     assert len(fetch.calls) == 4
     fake_time.advance(1)
 
-    assert fetch.sources() == [A, B, LATEST, PINNED, B, LATEST]
+    assert fetch.batches(4, 2) == [sorted([A, B, LATEST, PINNED]), sorted([B, LATEST])]
     assert prefetcher.status() == {
         A: f"ready {HEX_A}",
         B: f"ready {HEX_C}",
@@ -372,7 +487,7 @@ def test_moving_tags_are_refreshed_and_a_moved_tag_is_pinned_anew(
     }
     assert prefetcher.pinned() == {HEX_A, HEX_C, HEX_D}  # B's old module is unpinned
     fake_time.advance(600)
-    assert fetch.sources()[6:] == [B, LATEST]
+    assert fetch.batches(4, 2, 2)[2] == sorted([B, LATEST])
 
 
 def test_a_failed_refresh_keeps_the_module_pinned_and_retries(
@@ -468,6 +583,27 @@ def test_stop_ends_the_worker_thread_while_it_waits() -> None:
     assert not worker.is_alive()
     assert time.monotonic() - started < 5
     assert calls == [A]
+
+
+def test_stop_does_not_wait_for_a_hanging_fetch_beyond_its_timeout() -> None:
+    hanging, entered = threading.Event(), threading.Event()
+
+    def fetch(_request: ModuleRequest) -> str:
+        entered.set()
+        assert hanging.wait(30)
+        return HEX_A
+
+    before = set(threading.enumerate())
+    prefetcher = Prefetcher(fetch, static=[PrefetchEntry(A)])
+    prefetcher.start()
+    assert entered.wait(10)
+    [scheduler] = [t for t in set(threading.enumerate()) - before if t.name == "prefetch"]
+
+    prefetcher.stop(timeout=0.05)
+
+    assert not scheduler.is_alive()
+    assert prefetcher.in_flight() == 1  # left behind on a daemon thread, as before
+    hanging.set()
 
 
 def test_stop_before_start_and_twice_is_harmless() -> None:
