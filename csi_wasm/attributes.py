@@ -14,13 +14,15 @@ from csi_wasm.cache.store import is_sha256_hex
 from csi_wasm.errors import InvalidArgument
 from csi_wasm.reference import Reference, parse_reference
 from csi_wasm.registry.http_source import display_url
+from csi_wasm.verify.abi import Abi
 
 URL = "url"
 SHA256 = "sha256"
 PULL_POLICY = "imagePullPolicy"
 VERIFY = "verify"  # "required": the module must carry a verified signature
 VERIFY_KEYS = "verifyKeys"  # "a,b": one of these --verify-key names must have signed it
-ACCEPTED_KEYS = (URL, SHA256, PULL_POLICY, VERIFY, VERIFY_KEYS)
+ABI = "abi"
+ACCEPTED_KEYS = (URL, SHA256, PULL_POLICY, VERIFY, VERIFY_KEYS, ABI)
 KUBELET_PREFIX = "csi.storage.k8s.io/"
 
 POD_NAME = "csi.storage.k8s.io/pod.name"
@@ -54,6 +56,7 @@ class ModuleRequest:
     pull_policy: PullPolicy
     verify_required: bool = False  # pod attributes only ever add signature demands
     verify_keys: tuple[str, ...] = ()
+    abi: Abi | None = None  # None: the node's --default-abi
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ def parse_attributes(volume_context: Mapping[str, str]) -> ModuleRequest:
         sha256,
         _parse_policy(volume_context.get(PULL_POLICY, ""), source),
         *_parse_verify(volume_context),
+        _parse_abi(volume_context.get(ABI, "")),
     )
 
 
@@ -142,6 +146,25 @@ def _parse_verify(volume_context: Mapping[str, str]) -> tuple[bool, tuple[str, .
         )
     keys = tuple(k.strip() for k in volume_context.get(VERIFY_KEYS, "").split(",") if k.strip())
     return verify == "required", keys
+
+
+def _parse_abi(value: str) -> Abi | None:
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        return parse_abi(value)
+    except ValueError as error:
+        raise InvalidArgument(f"volume attribute 'abi' {error}") from None
+
+
+def parse_abi(value: str) -> Abi:
+    """An ``abi`` value (attribute or ``--default-abi``); ValueError naming the choices."""
+    try:
+        return Abi(value)
+    except ValueError:
+        allowed = ", ".join(abi.value for abi in Abi)
+        raise ValueError(f"{value[:40]!r} is not one of: {allowed}") from None
 
 
 def _parse_policy(value: str, source: ModuleSource) -> PullPolicy:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from csi_wasm import __version__, logs
+from csi_wasm.attributes import parse_abi
 from csi_wasm.errors import CsiWasmError
 from csi_wasm.faults import explain
 from csi_wasm.settings import (
@@ -31,6 +32,7 @@ from csi_wasm.settings import (
     ServeSettings,
     VerifySettings,
 )
+from csi_wasm.verify.abi import Abi
 
 if TYPE_CHECKING:
     from csi_wasm.tools.common import RegistryAccess
@@ -84,6 +86,13 @@ def parse_size_or_zero(text: str) -> int:
 def parse_duration_or_zero(text: str) -> float:
     """A duration, where 0 is allowed (``--cache-ttl 0s``: unused is evicted at once)."""
     return 0.0 if text.strip() in ("0", "0s", "0m", "0h") else parse_duration(text)
+
+
+def parse_default_abi(text: str) -> Abi:
+    try:
+        return parse_abi(text.strip())
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"abi {error}") from None
 
 
 def parse_log_level(text: str) -> str:
@@ -290,6 +299,14 @@ def _add_flags(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
         default=format_size(DEFAULT_MAX_MODULE_BYTES),
         type=parse_size,
         help="largest module or layer accepted, in bytes (256Mi style accepted)",
+    )
+    flag(
+        "--default-abi",
+        default=Abi.PROXY_WASM.value,
+        type=parse_default_abi,
+        metavar="{" + ",".join(abi.value for abi in Abi) + "}",
+        help="what a module must be for a volume without an abi attribute: proxy-wasm "
+        "(valid, and loadable by Envoy) or any (valid WebAssembly)",
     )
     flag(
         "--pull-timeout",
@@ -529,6 +546,7 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
             registry_mirrors=tuple(args.registry_mirror),
             docker_config=args.docker_config,
             credential_recheck=args.credential_recheck,
+            default_abi=args.default_abi,
         ),
         cache=cache_settings_from(args),
         verify=verify_settings_from(args),

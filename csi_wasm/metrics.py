@@ -23,6 +23,11 @@ Metrics:
   reason: ``ttl`` (unused longer than ``--cache-ttl``), ``size`` (the cache was over
   ``--cache-max-bytes``) or ``disk`` (a pull needed free disk space).
 - ``csi_wasm_gc_freed_bytes_total`` (counter): bytes of modules evicted from the cache.
+- ``csi_wasm_module_rejections_total{reason}`` (counter): modules refused by validation
+  (each pull that refused one, and each publish refused from the cache), by reason:
+  ``structure`` (not valid WebAssembly), ``no_abi_export``, ``unknown_abi_version``,
+  ``no_memory``, ``no_allocator`` or ``foreign_import`` (not a proxy-wasm module Envoy can
+  load).
 - ``csi_wasm_prefetch_attempts_total{result}`` (counter): prefetches of listed modules,
   ``success`` or ``failure`` (failures are retried with backoff).
 - ``csi_wasm_cache_bytes`` (gauge): bytes of modules held in the node cache.
@@ -68,6 +73,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from csi_wasm import __version__
 from csi_wasm.faults import FaultLog
+from csi_wasm.verify.abi import REASONS as _REJECTION_REASONS
 
 __all__ = ["Metrics", "MetricsServer", "StateSnapshot", "serve_metrics"]
 
@@ -309,6 +315,12 @@ class Metrics:
             "Bytes of modules evicted from the cache.",
             registry=None,
         )
+        self._rejections = Counter(
+            "csi_wasm_module_rejections",
+            "Modules refused by validation, by reason.",
+            ["reason"],
+            registry=None,
+        )
         self._prefetches = Counter(
             "csi_wasm_prefetch_attempts",
             "Prefetches of listed modules, by result (success or failure).",
@@ -344,6 +356,8 @@ class Metrics:
             self._prefetches.labels(result=result)
         for result, layout in _SIGNATURE_SERIES:
             self._signature_checks.labels(result=result, layout=layout)
+        for reason in _REJECTION_REASONS:
+            self._rejections.labels(reason=reason)
 
         self._state = _StateCollector()
         self.registry.register(
@@ -360,6 +374,7 @@ class Metrics:
                     self._prefetches,
                     self._mirror_up,
                     self._signature_checks,
+                    self._rejections,
                     build_info,
                 ]
             )
@@ -428,6 +443,12 @@ class Metrics:
         self._evictions.labels(reason=reason).inc()
         if size_bytes > 0:
             self._freed_bytes.inc(size_bytes)
+
+    def observe_rejection(self, reason: str) -> None:
+        """Count one module refused by validation; an unknown reason is a bug (ValueError)."""
+        if reason not in _REJECTION_REASONS:
+            raise ValueError(f"metrics: rejection reason {reason!r} is not one of the known")
+        self._rejections.labels(reason=reason).inc()
 
     def set_state_source(self, source: Callable[[], StateSnapshot]) -> None:
         """Compute the state gauges from ``source()`` at every scrape (it must be quick)."""

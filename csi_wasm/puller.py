@@ -85,6 +85,7 @@ from csi_wasm.registry import (
 )
 from csi_wasm.registry.transport import host_of
 from csi_wasm.settings import PullSettings
+from csi_wasm.verify import Abi, InvalidModule, ModuleFacts, judge, read_facts
 from csi_wasm.verify.gate import SignatureGate
 from csi_wasm.verify.policy import NO_REQUIREMENT, Requirement
 from csi_wasm.verify.signatures import Outcome
@@ -129,6 +130,7 @@ class _Pull:
     sha256: str | None
     keychain: Keychain | None = field(repr=False)
     requester: Credentials | None = field(repr=False)
+    abi: Abi
     future: Future[PulledModule] = field(default_factory=Future)
     started: float = field(default_factory=time.monotonic)
     bytes_done: int = 0
@@ -166,6 +168,7 @@ class PullObserver(Protocol):
 
     def cache_lookup(self, hit: bool) -> None: ...
     def pull_finished(self, result: str, seconds: float, size: int) -> None: ...
+    def module_rejected(self, reason: str) -> None: ...
 
 
 class CacheSpace(Protocol):
@@ -178,7 +181,7 @@ class CacheSpace(Protocol):
         """Evict unused modules until ``needed`` bytes are free on disk; returns bytes freed."""
 
 
-PullKey = tuple[str, str | None, str | None]
+PullKey = tuple[str, str | None, str | None, Abi]
 T = TypeVar("T")
 
 # A mirror that fails like this is skipped for the next route; anything else
@@ -236,18 +239,19 @@ class Puller:
     ) -> PulledModule:
         source = request.source
         requirement = self._requirement(request)
+        abi = request.abi or self._settings.default_abi
         if isinstance(source, HttpSource):
             # Named by its sha256 (required for URLs): the cache always answers first.
             assert request.sha256 is not None
-            cached = self._pinned(request.sha256, None, from_cache=True)
+            cached = self._pinned(request.sha256, None, from_cache=True, abi=abi)
             self._observe_lookup(cached)
             if cached is not None:
                 return cached
-            return self._wait(self._join_or_start(source, request.sha256, None, None), wait)
+            return self._wait(self._join_or_start(source, request.sha256, None, None, abi), wait)
         keychain = _merge(pod_keychain, self._node_keychain)
         requester = pod_keychain.for_registry(source.registry) if pod_keychain else None
         if request.pull_policy is PullPolicy.IF_NOT_PRESENT:
-            cached = self._keep_if_signed(self.cached(source, request.sha256), requirement)
+            cached = self._keep_if_signed(self.cached(source, request.sha256, abi), requirement)
             self._observe_lookup(cached)
             if cached is not None:
                 try:
@@ -256,7 +260,7 @@ class Puller:
                     self.release(cached)
                     raise
                 return cached
-        pull = self._join_or_start(source, request.sha256, keychain, requester, requirement)
+        pull = self._join_or_start(source, request.sha256, keychain, requester, abi, requirement)
         return self._wait(pull, wait)
 
     def _requirement(self, request: ModuleRequest) -> Requirement:
@@ -327,10 +331,13 @@ class Puller:
         if self._observer is not None:
             self._observer.cache_lookup(cached is not None)
 
-    def cached(self, reference: Reference, sha256: str | None) -> PulledModule | None:
+    def cached(
+        self, reference: Reference, sha256: str | None, abi: Abi | None = None
+    ) -> PulledModule | None:
         """The stored module for a reference, pinned, without touching the network.
 
-        Call :meth:`release` when done with it.
+        With ``abi``, a stored module that does not pass for it is refused
+        (:class:`InvalidModule`). Call :meth:`release` when done with it.
         """
         manifest_digest = reference.digest or self._store.manifest_for_reference(str(reference))
         module_hex = None
@@ -342,7 +349,7 @@ class Puller:
             return None
         if sha256 is not None and sha256 not in (module_hex, _hex(manifest_digest or "")):
             return None  # the tag moved or the sha256 is wrong: let a pull decide
-        return self._pinned(module_hex, manifest_digest, from_cache=True)
+        return self._pinned(module_hex, manifest_digest, from_cache=True, abi=abi)
 
     def _authorize(
         self,
@@ -405,19 +412,23 @@ class Puller:
         sha256: str | None,
         keychain: Keychain | None,
         requester: Credentials | None,
+        abi: Abi,
         requirement: Requirement = NO_REQUIREMENT,
     ) -> _Pull:
         # Requests with other credentials never share a download: that would hand a
         # module fetched with one pod's secret to a pod without it. Nor do requests
-        # that need other signatures (one pull checks one requirement).
+        # that need other signatures (one pull checks one requirement), or another ABI
+        # (a pull commits only a module that passes for its own).
         shown = f"{source} verify[{requirement.token()}]" if requirement else str(source)
-        key: PullKey = (shown, sha256, requester.fingerprint() if requester else None)
+        key: PullKey = (shown, sha256, requester.fingerprint() if requester else None, abi)
         with self._lock:
             pull = self._inflight.get(key)
             if pull is not None:
                 pull.waiters += 1
                 return pull
-            pull = _Pull(source, sha256, keychain, requester, waiters=1, requirement=requirement)
+            pull = _Pull(
+                source, sha256, keychain, requester, abi, waiters=1, requirement=requirement
+            )
             self._inflight[key] = pull
         thread = threading.Thread(
             target=self._run,
@@ -505,7 +516,7 @@ class Puller:
                     module_hex, _ = unpack_body(body, out, limit=limit, where=where)
                     out.flush()
                 _check_sha256(pull.sha256, module_hex, (), where)
-                self._commit(module_path, module_hex)
+                self._commit(module_path, module_hex, pull.abi, where)
         return self._stored_pinned(module_hex, None, from_cache=False)
 
     def _finished(self, started: float, result: str, size: int) -> None:
@@ -526,7 +537,7 @@ class Puller:
         if known is not None:
             _check_sha256(sha256, known, digests, where)
             self._remember(reference, digests, known)
-            found = self._pinned(known, manifest.digest, from_cache=True)
+            found = self._pinned(known, manifest.digest, from_cache=True, abi=pull.abi)
             if found is not None:
                 return self._signed(found, outcome, digests[0])
             # evicted since the lookup: download it again
@@ -569,10 +580,10 @@ class Puller:
                 blob.seek(0)
                 check_wasm_header(blob.read(HEADER_SIZE), where)
                 module_hex = _hex(layer.digest)
-                self._commit(blob_path, module_hex)
+                self._commit(blob_path, module_hex, pull.abi, where)
             else:
                 blob.seek(0)
-                module_hex = self._unpack_tarball(blob, sha256, digests, where)
+                module_hex = self._unpack_tarball(blob, sha256, digests, where, pull.abi)
         try:
             self._remember(reference, digests, module_hex)
         except BaseException:
@@ -628,7 +639,7 @@ class Puller:
             self._store.record_reference(str(reference), digests[0])
 
     def _unpack_tarball(
-        self, blob: BinaryIO, sha256: str | None, digests: Sequence[str], where: str
+        self, blob: BinaryIO, sha256: str | None, digests: Sequence[str], where: str, abi: Abi
     ) -> str:
         limit = self._settings.max_module_bytes
         with (
@@ -638,24 +649,52 @@ class Puller:
             module_hex, _ = extract_plugin(blob, out, limit=limit, where=where)
             out.flush()
             _check_sha256(sha256, module_hex, digests, where)
-            self._commit(module_path, module_hex)
+            self._commit(module_path, module_hex, abi, where)
         return module_hex
 
-    def _commit(self, verified_file: Path, module_hex: str) -> None:
-        """Commit a verified module, pinned, after making room for it in the cache budget."""
+    def _commit(self, verified_file: Path, module_hex: str, abi: Abi, where: str) -> None:
+        """Commit a verified module, pinned, after making room for it in the cache budget.
+
+        First the module is validated and judged for ``abi``: one refused is never
+        committed (its temporary file goes with the pull). Its facts are kept first,
+        so a committed module has them.
+        """
+        kept = self._store.facts
+        facts = kept.known(module_hex) or read_facts(verified_file)
+        self._judge(facts, abi, where)
+        kept.record(module_hex, facts)
         if self._space is not None and not self._store.has_module(module_hex):
             self._space.reserve(verified_file.stat().st_size)
         self._store.commit_module(verified_file, module_hex, pin=True)
 
     def _pinned(
-        self, module_hex: str, manifest_digest: str | None, *, from_cache: bool
+        self, module_hex: str, manifest_digest: str | None, *, from_cache: bool, abi: Abi | None
     ) -> PulledModule | None:
-        """The stored module, pinned; None when it is not (or no longer) stored."""
+        """The stored module, pinned; None when it is not (or no longer) stored.
+
+        With ``abi``, judged for it from the module's kept facts (read and validated
+        here, once, for a module cached before validation existed); refused, unpinned.
+        """
         size = self._store.acquire(module_hex)
         if size is None:
             return None
         path = self._store.module_dir(module_hex)
+        if abi is not None:
+            try:
+                facts = self._store.facts.of_module(module_hex, path / MODULE_FILE)
+                self._judge(facts, abi, f"module sha256:{module_hex}")
+            except BaseException:
+                self._store.unpin(module_hex)
+                raise
         return PulledModule(module_hex, path, size, manifest_digest, from_cache)
+
+    def _judge(self, facts: ModuleFacts, abi: Abi, where: str) -> None:
+        try:
+            judge(facts, abi, where)
+        except InvalidModule as refused:
+            if self._observer is not None:
+                self._observer.module_rejected(refused.reason)
+            raise
 
     def _stored_pinned(
         self, module_hex: str, manifest_digest: str | None, *, from_cache: bool

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from csi_wasm.verify.abi import Abi
+
 DEFAULT_DRIVER_NAME = "wasm.csi.dev"
 DEFAULT_MAX_MODULE_BYTES = 256 * 1024 * 1024
 DEFAULT_PULL_TIMEOUT_SECONDS = 600.0
@@ -26,6 +28,7 @@ class PullSettings:
     registry_mirrors: tuple[str, ...] = ()  # SOURCE=MIRROR[/PREFIX], parsed at start-up
     docker_config: str | None = None
     credential_recheck: float = 3600.0
+    default_abi: Abi = Abi.PROXY_WASM  # for volumes without an `abi` attribute
 
 
 @dataclass(frozen=True)

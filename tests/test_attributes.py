@@ -22,6 +22,7 @@ from csi_wasm.attributes import (
 )
 from csi_wasm.errors import InvalidArgument
 from csi_wasm.reference import Reference
+from csi_wasm.verify import Abi
 
 HEX = "0123456789abcdef" * 4
 DIGEST = f"sha256:{HEX}"
@@ -127,7 +128,7 @@ def test_url_is_required(context: dict[str, str]) -> None:
 def test_unknown_keys_are_refused_naming_accepted_ones(key: str) -> None:
     message = invalid({"url": "ghcr.io/a/b:v1", key: "x"})
     assert repr(key) in message
-    assert "accepted: url, sha256, imagePullPolicy" in message
+    assert "accepted: url, sha256, imagePullPolicy, verify, verifyKeys, abi" in message
 
 
 def test_all_unknown_keys_are_named_sorted() -> None:
@@ -141,7 +142,7 @@ def test_unknown_keys_are_reported_before_a_missing_url() -> None:
 
 
 def test_accepted_keys_constant() -> None:
-    assert ACCEPTED_KEYS == ("url", "sha256", "imagePullPolicy", "verify", "verifyKeys")
+    assert ACCEPTED_KEYS == ("url", "sha256", "imagePullPolicy", "verify", "verifyKeys", "abi")
 
 
 def test_verify_attributes_only_ask_for_more() -> None:
@@ -288,3 +289,26 @@ def test_module_request_is_frozen_and_comparable() -> None:
     assert first == second
     assert hash(first) == hash(second)
     assert first != parse_attributes({"url": "ghcr.io/a/b:v1", "sha256": OTHER_HEX})
+
+
+# -- abi ---------------------------------------------------------------------------------
+
+
+def test_abi_defaults_to_the_node_default() -> None:
+    assert parse_attributes({"url": "ghcr.io/a/b:v1"}).abi is None
+
+
+@pytest.mark.parametrize(("value", "abi"), [("proxy-wasm", Abi.PROXY_WASM), (" any ", Abi.ANY)])
+def test_abi_values(value: str, abi: Abi) -> None:
+    assert parse_attributes({"url": "ghcr.io/a/b:v1", "abi": value}).abi is abi
+
+
+@pytest.mark.parametrize("value", ["wasi", "Proxy-Wasm", "proxy_wasm", "x" * 100])
+def test_unknown_abi_is_invalid_argument(value: str) -> None:
+    message = invalid({"url": "ghcr.io/a/b:v1", "abi": value})
+    assert message.startswith(f"volume attribute 'abi' {value[:40]!r} is not one of:")
+    assert message.endswith("proxy-wasm, any")
+
+
+def test_empty_abi_is_the_node_default() -> None:
+    assert parse_attributes({"url": "ghcr.io/a/b:v1", "abi": " "}).abi is None

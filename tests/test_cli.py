@@ -30,6 +30,7 @@ from csi_wasm.settings import (
     CacheSettings,
     ServeSettings,
 )
+from csi_wasm.verify import Abi
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -501,3 +502,24 @@ def test_kubeconfig_flag_then_kubeconfig_environment() -> None:
     )
     s = settings(["--kubeconfig", "/etc/csi-wasm/kubeconfig"], {"KUBECONFIG": "/x"})
     assert s.kubeconfig == Path("/etc/csi-wasm/kubeconfig")
+
+
+# --default-abi
+
+
+def test_default_abi_flag_and_environment() -> None:
+    assert settings([]).pull.default_abi is Abi.PROXY_WASM
+    assert settings(["--default-abi", "any"]).pull.default_abi is Abi.ANY
+    assert settings([], {"CSI_WASM_DEFAULT_ABI": "any"}).pull.default_abi is Abi.ANY
+    env = {"CSI_WASM_DEFAULT_ABI": "any"}
+    assert settings(["--default-abi", "proxy-wasm"], env).pull.default_abi is Abi.PROXY_WASM
+
+
+@pytest.mark.parametrize("value", ["wasi", "", "ANY"])
+def test_unknown_default_abi_is_a_usage_error(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser({}).parse_args(["serve", "--default-abi", value])
+    assert info.value.code == 2
+    assert "is not one of: proxy-wasm, any" in capsys.readouterr().err

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import csi_wasm
 from csi_wasm.metrics import Metrics, MetricsServer, StateSnapshot, serve_metrics
+from csi_wasm.verify import REASONS
 
 Labels = frozenset[tuple[str, str]]
 
@@ -299,6 +300,7 @@ def test_every_exposed_name_follows_the_contract(served: Served) -> None:
         "csi_wasm_gc_evictions",
         "csi_wasm_gc_freed_bytes",
         "csi_wasm_prefetch_attempts",
+        "csi_wasm_module_rejections",
         "csi_wasm_mirror_up",
         "csi_wasm_signature_verifications",
         "csi_wasm_build_info",
@@ -556,3 +558,22 @@ def test_prefetch_attempts_are_counted_by_result() -> None:
     assert {
         s.labels["result"]: s.value for s in families["csi_wasm_prefetch_attempts"].samples
     } == {"success": 1.0, "failure": 2.0}
+
+
+def test_module_rejections_are_counted_by_bounded_reason() -> None:
+    m = Metrics()
+    m.observe_rejection("structure")
+    m.observe_rejection("no_abi_export")
+    m.observe_rejection("no_abi_export")
+    families = {
+        f.name: f for f in text_string_to_metric_families(generate_latest(m.registry).decode())
+    }
+    counted = {
+        s.labels["reason"]: s.value for s in families["csi_wasm_module_rejections"].samples
+    }
+    assert counted == {reason: 0.0 for reason in REASONS} | {
+        "structure": 1.0,
+        "no_abi_export": 2.0,
+    }
+    with pytest.raises(ValueError, match="rejection reason"):
+        m.observe_rejection("sha256:" + "a" * 64)

@@ -27,6 +27,7 @@ from csi_wasm.cache.volumes import VolumeRecord, VolumeRecords
 from csi_wasm.errors import (
     FailedPrecondition,
     InvalidArgument,
+    InvalidModule,
     NotFound,
     SignatureRejected,
     Unavailable,
@@ -266,3 +267,19 @@ def test_an_io_error_is_unavailable_naming_the_file_and_told_to_the_pod(
     assert events.seen == [("FailedPull", "team/eio", message)]
     with pytest.raises(Unavailable, match="Input/output error"):
         service.unpublish(pod.volume_id, str(pod.target))
+
+
+def test_an_invalid_module_is_an_invalid_module_event(
+    service: NodeService,
+    events: RecordingEvents,
+    node_dirs: NodeDirs,
+    registry: Registry,
+    unique_repo: str,
+) -> None:
+    module = make_module(1024, "not-proxy-wasm", proxy_wasm=False)
+    pushed = push_wasm_artifact(registry, unique_repo, "v1", module)
+    pod = _pod(node_dirs, "plain")
+    with pytest.raises(InvalidModule) as refused:
+        service.publish(_request(pod, pushed.reference), wait=30)
+    assert refused.value.reason == "no_abi_export"
+    assert events.seen == [("InvalidModule", "team/plain", refused.value.message)]

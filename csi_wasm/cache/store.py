@@ -3,6 +3,7 @@
 Layout (everything the driver owns lives below the root)::
 
     modules/<sha256 hex>/plugin.wasm   a verified module, 0444, in a 0755 directory
+    facts/<sha256 hex>.json            what validation found in it (:mod:`.kept_facts`)
     index/manifests/<sha256 hex>       manifest digest -> module digest
     index/refs/<sha256 of ref>         tag reference -> manifest digest (serves IfNotPresent)
     index/verdicts/<manifest>.<key>    a signature of the manifest verified with the key
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from csi_wasm.atomic import fsync_dir, remove, write_atomic
+from csi_wasm.cache.kept_facts import KeptFacts
 from csi_wasm.faults import disk_fault, naming
 
 MODULE_FILE = "plugin.wasm"
@@ -82,6 +84,7 @@ class ModuleStore:
         self.trash_dir = root / "trash"
         self.quarantine_dir = root / "quarantine"
         self.lock_file = root / ".lock"
+        self.facts = KeptFacts(root / "facts")
         # Plain strings for the warm publish path: pathlib joins cost more than the syscalls.
         self._modules_prefix = os.fspath(self.modules_dir) + "/"
         # Guards the pins and every rename into or out of modules/ (see the module doc).
@@ -93,6 +96,7 @@ class ModuleStore:
         """Create the layout and drop leftovers of interrupted pulls; returns how many."""
         for directory in (self.modules_dir, self.manifests_dir, self.refs_dir, self.tmp_dir):
             directory.mkdir(parents=True, exist_ok=True)
+        self.facts.prepare()
         removed = 0
         for leftover in self.tmp_dir.iterdir():
             removed += 1
@@ -383,9 +387,9 @@ class ModuleStore:
 
         Such entries already read as cache misses; this keeps them from piling up.
         A manifest entry goes when its module is not stored (or it is damaged), a
-        reference entry when its manifest entry is gone.
+        reference entry when its manifest entry is gone, a module's facts with it.
         """
-        removed = 0
+        removed = self.facts.prune(self.has_module)
         with os.scandir(self.manifests_dir) as entries:
             for entry in entries:
                 if entry.name.startswith("."):

@@ -75,6 +75,9 @@ class _PullMetrics:
     def pull_finished(self, result: str, seconds: float, size: int) -> None:
         self._metrics.observe_pull(result, seconds, size)
 
+    def module_rejected(self, reason: str) -> None:
+        self._metrics.observe_rejection(reason)
+
 
 class _SignatureMetrics:
     """The signature gate's observer, reporting to Prometheus."""

@@ -70,7 +70,7 @@ def test_prepare_creates_layout(tmp_path: Path) -> None:
     root = tmp_path / "does" / "not" / "exist"
     s = ModuleStore(root)
     s.prepare()
-    assert tree(root) == ["index", "index/manifests", "index/refs", "modules", "tmp"]
+    assert tree(root) == ["facts", "index", "index/manifests", "index/refs", "modules", "tmp"]
     assert s.modules_dir == root / "modules"
     assert s.tmp_dir == root / "tmp"
 

@@ -22,7 +22,7 @@ from csi_wasm._proto import csi_pb2
     ("attributes", "needle"),
     [
         ({}, "'url' is required"),
-        ({"url": "ghcr.io/acme/f:v1", "color": "blue"}, "accepted: url, sha256, imagePullPolicy"),
+        ({"url": "ghcr.io/acme/f:v1", "color": "blue"}, "verifyKeys, abi"),
         ({"url": "ghcr.io/Acme/f:v1"}, "ghcr.io/Acme/f:v1"),
         ({"url": "file:///etc/passwd"}, "scheme 'file'"),
         ({"url": "https://example.com/f.wasm"}, "'sha256' is required"),

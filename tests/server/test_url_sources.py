@@ -4,38 +4,16 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import threading
 from collections.abc import Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
 import pytest
 from support.driver import NodeDirs, StartDriver
+from support.files import FileServer
 from support.kubelet import Kubelet, rpc_error
 from support.oci import make_layer_tar
 from support.wasm import make_module
-
-
-class FileServer:
-    def __init__(self, directory: Path) -> None:
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(SimpleHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:
-                server.requests.append(self.path)
-
-        self.httpd = ThreadingHTTPServer(
-            ("127.0.0.1", 0), partial(Handler, directory=str(directory))
-        )
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.httpd.server_address[1]}"
 
 
 @pytest.fixture
@@ -44,8 +22,7 @@ def files(tmp_path: Path) -> Iterator[tuple[Path, FileServer]]:
     directory.mkdir()
     server = FileServer(directory)
     yield directory, server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    server.close()
 
 
 @pytest.fixture
