@@ -1,12 +1,15 @@
-"""``csi-wasm fsck``: re-hash every cached module; quarantine any that no longer match.
+"""``csi-wasm fsck``: re-hash and re-validate every cached module; quarantine the bad.
 
 A module is stored under the sha256 of its bytes, so checking it needs nothing but
 the file. One that does not hash to its name (bit rot, someone writing under
-``--root``), or whose ``plugin.wasm`` is missing or not a regular file, is renamed
+``--root``), whose ``plugin.wasm`` is missing or not a regular file, or that is not a
+valid WebAssembly module (cached by a version that only checked its header), is renamed
 into ``<root>/quarantine/``: it disappears from the cache at once (the index entries
-leading to it are dropped, and the next publish pulls the module again), while a pod
+leading to it are dropped, and the next publish pulls the module again, and refuses an
+invalid one before caching it), while a pod
 that already mounts it keeps the mount it has (a rename does not touch a bind mount).
-The collector deletes a quarantined module once no mount shows it.
+The collector deletes a quarantined module once no mount shows it. The facts of every
+sound module are written again (:mod:`csi_wasm.cache.kept_facts`), by this validator.
 
 Safe beside a running ``serve``, and out of its way: the hashing (seconds per GiB)
 runs without ``<root>/.lock``, so the collector, and with it a cold publish that must
@@ -28,6 +31,7 @@ from pathlib import Path
 
 from csi_wasm.cache.store import MODULE_FILE, ModuleStore, is_sha256_hex
 from csi_wasm.catalog.directory import catalog_dir, take_out
+from csi_wasm.verify import ModuleFacts, facts_of
 
 _CHUNK = 1024 * 1024
 _ATTEMPTS = 3  # checks of a module replaced while it was being checked
@@ -57,9 +61,10 @@ _Identity = tuple[tuple[int, int], tuple[int, ...] | None]
 
 @dataclass(frozen=True)
 class _Verdict:
-    problem: str | None  # None: it matches its digest
+    problem: str | None  # None: it matches its digest and validates
     size: int  # bytes read
     identity: _Identity | None  # None: the module directory is gone
+    facts: ModuleFacts | None = None  # when it matches its digest
 
 
 def check_store(
@@ -101,6 +106,8 @@ def _check_module(
     problem = ""
     for _ in range(_ATTEMPTS):
         verdict = _check(path, name, hashing)
+        if verdict.problem is None and verdict.facts is not None:
+            store.facts.record(name, verdict.facts)
         if verdict.problem is None or verdict.identity is None:
             return verdict, None
         problem = verdict.problem
@@ -150,16 +157,27 @@ def _check(path: Path, name: str, hashing: Callable[[str], object]) -> _Verdict:
             return _Verdict(f"{MODULE_FILE} is not a regular file", 0, identity)
         hashing(name)
         digest = hashlib.sha256()
+        data = bytearray()  # validated whole, like a pulled module
         try:
             while chunk := handle.read(_CHUNK):
                 digest.update(chunk)
+                data += chunk
         except OSError as error:
             problem = f"{MODULE_FILE} cannot be read ({error.strerror})"
             return _Verdict(problem, info.st_size, identity)
     actual = digest.hexdigest()
     if actual != name:
         return _Verdict(f"its content hashes to sha256:{actual}", info.st_size, identity)
-    return _Verdict(None, info.st_size, identity)
+    return _validated(data, info.st_size, identity)
+
+
+def _validated(data: bytearray, size: int, identity: _Identity | None) -> _Verdict:
+    """The verdict on a module that matches its digest: does it validate?"""
+    facts = facts_of(data)
+    if facts.structure_error is not None:
+        problem = f"it is not a valid WebAssembly module: {facts.structure_error}"
+        return _Verdict(problem, size, identity, facts)
+    return _Verdict(None, size, identity, facts)
 
 
 def fsck_command(root: Path, out: Callable[[str], None] = print) -> int:
@@ -176,10 +194,10 @@ def fsck_command(root: Path, out: Callable[[str], None] = print) -> int:
             out(f"  taken out of the node catalog: {removed}")
     summary = f"checked {report.checked} module(s), {report.checked_bytes} bytes: "
     if not report.damaged:
-        out(summary + "every module matches its digest")
+        out(summary + "every module matches its digest and validates")
         return 0
     out(
-        summary + f"{len(report.damaged)} damaged, removed from the cache "
+        summary + f"{len(report.damaged)} damaged or invalid, removed from the cache "
         f"({report.index_pruned} index entries dropped); the next publish pulls them again"
     )
     return 1

@@ -14,6 +14,7 @@ from support.wasm import make_module
 
 from csi_wasm.cache.fsck import FsckReport, check_store, fsck_command
 from csi_wasm.cache.gc import CacheCollector
+from csi_wasm.cache.kept_facts import KeptFacts
 from csi_wasm.cache.store import MODULE_FILE, ModuleStore
 from csi_wasm.cache.volumes import VolumeRecords
 from csi_wasm.mounts import bind_read_only, unmount
@@ -50,7 +51,9 @@ def test_clean_store_passes(store: ModuleStore) -> None:
     add(store, "b")
     lines: list[str] = []
     assert fsck_command(store.root, out=lines.append) == 0
-    assert lines == ["checked 2 module(s), 6000 bytes: every module matches its digest"]
+    assert lines == [
+        "checked 2 module(s), 6000 bytes: every module matches its digest and validates"
+    ]
 
 
 def test_corrupted_module_is_quarantined_and_its_index_dropped(store: ModuleStore) -> None:
@@ -192,3 +195,44 @@ def test_no_cache_is_exit_2(tmp_path: Path) -> None:
     lines: list[str] = []
     assert fsck_command(tmp_path / "none", out=lines.append) == 2
     assert "holds no module cache" in lines[0]
+
+
+def _cached_unchecked(store: ModuleStore, module: bytes) -> str:
+    """What a version before validation left: a module that only had its header checked."""
+    module_hex = hashlib.sha256(module).hexdigest()
+    with store.temp_file() as (path, fd):
+        os.write(fd, module)
+        store.commit_module(path, module_hex)
+    return module_hex
+
+
+def test_an_invalid_module_is_quarantined_naming_the_validators_reason(
+    store: ModuleStore,
+) -> None:
+    good, _ = add(store, "valid")
+    truncated = make_module(3000, "cut")[:1500]
+    bad = _cached_unchecked(store, truncated)
+    lines: list[str] = []
+
+    assert fsck_command(store.root, out=lines.append) == 1
+
+    assert lines[0].startswith(
+        f"damaged sha256:{bad}: it is not a valid WebAssembly module: unexpected end-of-file"
+    )
+    assert "1 damaged or invalid" in lines[1]
+    assert not store.has_module(bad)
+    assert store.has_module(good)
+
+
+def test_fsck_writes_the_facts_of_every_sound_module_again(store: ModuleStore) -> None:
+    plain = make_module(3000, "plain", proxy_wasm=False)
+    module_hex = _cached_unchecked(store, plain)
+    kept = store.facts.directory / f"{module_hex}.json"
+    assert not kept.exists()
+    check_store(store)
+    # A fresh process reads what fsck wrote: valid, but no proxy-wasm ABI export.
+    facts = KeptFacts(store.facts.directory).known(module_hex)
+    assert facts is not None
+    assert facts.structure_error is None
+    assert facts.abi_versions == ()
+    assert store.has_module(module_hex)  # valid for abi: any, so it stays
