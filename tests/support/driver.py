@@ -104,11 +104,21 @@ class DriverProcess:
     extra_args: Sequence[str] = ()
     process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
+    code: Path | None = None  # run csi_wasm from this directory instead (another revision)
 
     def __post_init__(self) -> None:
         self.log_path = self.dirs.base / "driver.log"
 
-    def start(self) -> DriverProcess:
+    def start(self, ready_within: float = 10.0) -> DriverProcess:
+        self.launch()
+        wait_for(self.dirs.socket.exists, ready_within, what="the driver's socket")
+        return self
+
+    def launch(self) -> DriverProcess:
+        """Start the process without waiting for its socket (fleets start many at once)."""
+        env = os.environ.copy()
+        if self.code is not None:
+            env["PYTHONPATH"] = str(self.code)  # before the installed package
         args = [
             sys.executable,
             "-m",
@@ -118,9 +128,10 @@ class DriverProcess:
             *self.extra_args,
         ]
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(args, stdout=log, stderr=log, env=os.environ.copy())
+        # `python -m` puts the working directory first on sys.path: run another
+        # revision from its own directory.
+        self.process = subprocess.Popen(args, stdout=log, stderr=log, env=env, cwd=self.code)
         log.close()
-        wait_for(self.dirs.socket.exists, what="the driver's socket")
         return self
 
     def terminate(self) -> int:
