@@ -199,6 +199,24 @@ def mounted_digests(targets: Sequence[Path]) -> set[str]:
     return seen
 
 
+def fell_back(nodes: Sequence[Node], marks: Sequence[int]) -> int:
+    """How many nodes logged their mirror going down since ``marks`` (log sizes)."""
+    return sum(
+        b"mirror is down" in read_from(node.driver.log_path, mark)
+        for node, mark in zip(nodes, marks, strict=True)
+    )
+
+
+def log_marks(nodes: Sequence[Node]) -> list[int]:
+    return [node.driver.log_path.stat().st_size for node in nodes]
+
+
+def read_from(path: Path, offset: int) -> bytes:
+    with path.open("rb") as log:
+        log.seek(offset)
+        return log.read()
+
+
 def bytes_out(registry: Registry, since: int) -> int:
     return sum(r.size for r in registry.records(since=since) if r.method == "GET")
 
@@ -243,6 +261,7 @@ def run_size(world: World, count: int, with_faults: bool) -> None:
 
         module = world.push()
         marks = world.origin.mark(), world.mirror.mark()
+        logs = log_marks(nodes)
         result = rollout(nodes, {"url": module.reference}, world.pods)
         origin_gets = world.origin.blob_gets(module.layer_digest, since=marks[0])
         origin_out, mirror_out = (
@@ -255,6 +274,7 @@ def run_size(world: World, count: int, with_faults: bool) -> None:
         print(f"    wall / one node's cold publish: {result.wall / one_node:.1f}x")
         print(f"    every pod sees the module: {digests == {module.module_sha256}}")
         print(f"    blob GETs the origin served: {origin_gets}   (goal: 1 per module)")
+        print(f"    nodes that found the mirror failing: {fell_back(nodes, logs)}")
         print(
             f"    bytes out: origin {origin_out / MIB:.1f} MiB, mirror {mirror_out / MIB:.1f} MiB"
             f" (module {world.size / MIB:.0f} MiB x {count} nodes = {world.size * count / MIB:.0f})"
@@ -285,14 +305,16 @@ def canary(world: World, nodes: list[Node]) -> None:
 def faults(world: World, nodes: list[Node]) -> None:
     # 1. The mirror stops as soon as the first pod has started.
     module = world.push()
-    mark = world.origin.mark()
+    mark, logs = world.origin.mark(), log_marks(nodes)
     result = rollout(
         nodes, {"url": module.reference}, world.pods, on_first_answer=world.mirror.stop
     )
     gets = world.origin.blob_gets(module.layer_digest, since=mark)
     ok = mounted_digests(result.targets) == {module.module_sha256}
     print(f"  mirror stopped mid-rollout: {result.line()}; every pod started: {ok}")
-    print(f"    blob GETs the origin served: {gets}")
+    print(
+        f"    blob GETs the origin served: {gets}; nodes that fell back: {fell_back(nodes, logs)}"
+    )
     world.mirror.start()  # same port and storage
     # Every node marked the mirror down at its first failure: it is tried again when
     # the backoff ends (5 s after that failure, or 10 s after a failed retry).
@@ -316,7 +338,7 @@ def faults(world: World, nodes: list[Node]) -> None:
     first = world.push("fleet/moving", "stable")
     rollout(nodes, {"url": first.reference}, 1)
     moved = world.push("fleet/moving", "stable")
-    mark = world.origin.mark()
+    mark, logs = world.origin.mark(), log_marks(nodes)
     pushed_at = time.perf_counter()
     result = rollout(nodes, {"url": moved.reference, "imagePullPolicy": "Always"}, 1)
     seen = mounted_digests(result.targets)
@@ -324,7 +346,7 @@ def faults(world: World, nodes: list[Node]) -> None:
     print(
         f"  tag moved on the origin, Always: {result.line()}; every node has the new digest "
         f"{time.perf_counter() - pushed_at:.2f} s after the push: {seen == {moved.module_sha256}}"
-        f"; origin blob GETs {gets}"
+        f"; origin blob GETs {gets}; nodes that found the mirror failing {fell_back(nodes, logs)}"
     )
 
 
