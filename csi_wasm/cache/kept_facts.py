@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from csi_wasm.atomic import remove, write_atomic
-from csi_wasm.verify import ModuleFacts, facts_of, validator
+from csi_wasm.verify import ModuleFacts, read_facts, validator
 
 _SUFFIX = ".json"
 
@@ -73,7 +73,7 @@ class KeptFacts:
 
     def refresh(self, module_hex: str, module_file: Path) -> ModuleFacts:
         """Read and validate ``module_file`` again, and keep what was found."""
-        facts = facts_of(module_file.read_bytes())
+        facts = read_facts(module_file)
         self.record(module_hex, facts)
         return facts
 

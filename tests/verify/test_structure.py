@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import wasmtime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.wasm import from_wat, join_sections, make_module, split_sections
@@ -101,8 +102,29 @@ def test_mutated_modules_give_facts_and_a_verdict_never_an_exception(
             break
     facts = facts_of(bytes(module))
     assert facts.size == len(module)
+    # In place (our call) and wasmtime's own Module.validate (a copy) agree.
+    try:
+        wasmtime.Module.validate(wasmtime.Engine(), bytes(module))
+    except wasmtime.WasmtimeError as error:
+        reason = " ".join(str(error).split())
+        assert facts.structure_error == (reason if len(reason) <= 300 else reason[:300] + "...")
+    else:
+        assert facts.structure_error is None
     try:
         judge(facts, abi)
     except InvalidModule as refused:
         assert refused.code == "FAILED_PRECONDITION"
         assert "\n" not in refused.message
+
+
+def test_read_facts_of_a_file_equals_the_facts_of_its_bytes(tmp_path: Path) -> None:
+    for name, module in (
+        ("valid", make_module(70_000, "file")),
+        ("cut", make_module(70_000, "file")[:30_000]),
+        ("empty", b""),
+        ("one", b"\0"),
+    ):
+        path = tmp_path / name
+        path.write_bytes(module)
+        assert read_facts(path) == facts_of(module) == facts_of(bytearray(module))
+    assert read_facts(tmp_path / "empty").structure_error is not None
