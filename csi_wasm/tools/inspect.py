@@ -226,8 +226,12 @@ def inspect(options: InspectOptions) -> Report:
                 return
             access = AccessRecords(tmp / "access")
             access.prepare()
+            # The puller refuses only what no host can load; the ABI is judged here, once
+            # the facts are read, so a refused module's exports and imports are shown too.
             settings = PullSettings(
-                max_module_bytes=options.max_module_bytes, pull_timeout=options.timeout
+                max_module_bytes=options.max_module_bytes,
+                pull_timeout=options.timeout,
+                default_abi=Abi.ANY,
             )
             puller = Puller(
                 store,
@@ -266,6 +270,8 @@ def _run(report: Report, work: Callable[[Path], None]) -> None:
 
 def _is_file(target: str) -> bool:
     # "filter.wasm" would otherwise be docker.io/library/filter.wasm: a typo would pull.
+    if "://" in target:
+        return False
     looks_like_path = target.startswith(("/", "./", "../")) or target.endswith(".wasm")
     return looks_like_path or os.path.lexists(target)
 

@@ -179,6 +179,8 @@ def test_a_module_without_the_proxy_wasm_abi(
     [
         pytest.param(lambda: None, id="tag not found"),
         pytest.param(lambda: b"not wasm at all", id="not a wasm module"),
+        pytest.param(lambda: make_module(2048, "i-cut")[:1000], id="truncated"),
+        pytest.param(lambda: make_module(2048, "i-noabi", proxy_wasm=False), id="no abi export"),
     ],
 )
 def test_the_refusal_is_the_drivers_own(
@@ -196,6 +198,9 @@ def test_the_refusal_is_the_drivers_own(
     with in_process(node_dirs, settings) as (_driver, kubelet):
         code, message = rpc_error(lambda: kubelet.publish(kubelet.new_pod(), {"url": reference}))
     assert (report.code, report.message) == (code.name, message)
+    if layer is not None and layer.startswith(b"\0asm") and len(layer) == 2048:
+        # Refused for its ABI only: its exports are still shown.
+        assert report.facts is not None and report.facts.exports == (("seed", "func"),)
 
 
 def test_a_file(run: Run, tmp_path: Path) -> None:
