@@ -40,7 +40,7 @@ from csi_wasm.mirrors import Mirrors, parse_mirror
 from csi_wasm.prefetch import parse_prefetch_flag
 from csi_wasm.puller import Puller, Resolution
 from csi_wasm.reference import Reference
-from csi_wasm.registry import HttpSourceClient, RegistryClient, display_url
+from csi_wasm.registry import HttpSourceClient, Keychain, RegistryClient, display_url
 from csi_wasm.settings import (
     DEFAULT_MAX_MODULE_BYTES,
     DEFAULT_PULL_TIMEOUT_SECONDS,
@@ -50,8 +50,8 @@ from csi_wasm.settings import (
 from csi_wasm.tools.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, RegistryAccess, say_error
 from csi_wasm.verify import Abi, ModuleFacts, judge, read_facts
 from csi_wasm.verify.gate import SignatureGate
-from csi_wasm.verify.keys import load_keys
-from csi_wasm.verify.policy import load_policy
+from csi_wasm.verify.keys import PublicKey, load_keys
+from csi_wasm.verify.policy import Policy, load_policy
 
 __all__ = ["JSON_FIELDS", "InspectOptions", "Report", "inspect", "inspect_command"]
 
@@ -198,27 +198,50 @@ def inspect_command(options: InspectOptions) -> int:
 def inspect(options: InspectOptions) -> Report:
     """Resolve and judge ``options.target``; ValueError for a usage error."""
     target = options.target.strip()
-    mirrors = Mirrors(parse_mirror(text) for text in options.mirrors)
     if _is_file(target):
         report = Report(target, "file", options.abi, target, format="file")
         _run(report, lambda tmp: _unpack_file(Path(target), tmp, options, report))
         return report
     source, sha256 = _parse_target(target)
-    keychain = options.access.keychain()
-    keys = load_keys(options.verify.keys)
-    policy_file = Path(options.verify.policy) if options.verify.policy else None
-    policy = load_policy(policy_file, keys, unmatched_deny=options.verify.unmatched_deny)
+    node = _Node.load(options)
     if isinstance(source, HttpSource):
         shown = display_url(source.url)
         report = Report(shown, "url", options.abi, shown, format="url")
     else:
         report = Report(f"oci://{source}", "oci", options.abi, str(source))
+    _run(report, lambda tmp: node.pull(source, sha256, report, tmp))
+    return report
 
-    def pull(tmp: Path) -> None:
+
+@dataclass(frozen=True)
+class _Node:
+    """What a node brings to a pull besides the network: credentials, mirrors, policy."""
+
+    options: InspectOptions
+    keychain: Keychain | None
+    mirrors: Mirrors
+    keys: dict[str, PublicKey]
+    policy: Policy
+
+    @classmethod
+    def load(cls, options: InspectOptions) -> _Node:
+        """Read the flags' files; ValueError (a usage error) naming the one that is bad."""
+        mirrors = Mirrors(parse_mirror(text) for text in options.mirrors)
+        keys = load_keys(options.verify.keys)
+        verify = options.verify
+        policy_file = Path(verify.policy) if verify.policy else None
+        policy = load_policy(policy_file, keys, unmatched_deny=verify.unmatched_deny)
+        return cls(options, options.access.keychain(), mirrors, keys, policy)
+
+    def pull(
+        self, source: Reference | HttpSource, sha256: str | None, report: Report, tmp: Path
+    ) -> None:
+        """Pull into a store under ``tmp`` as serve would, then judge what came."""
+        options = self.options
         with RegistryClient(options.access.options()) as client:
             store = ModuleStore(tmp / "cache")
             store.prepare()
-            gate = SignatureGate(keys, policy, store, client)
+            gate = SignatureGate(self.keys, self.policy, store, client)
             if isinstance(source, HttpSource) and sha256 is None:
                 # An enforced signature rule refuses any https URL, as serve does.
                 gate.requirement(ModuleRequest(source, None, PullPolicy.ALWAYS))
@@ -238,22 +261,20 @@ def inspect(options: InspectOptions) -> Report:
                 client,
                 settings,
                 access,
-                node_keychain=keychain,
-                mirrors=mirrors,
+                node_keychain=self.keychain,
+                mirrors=self.mirrors,
                 on_resolved=report.resolved,
                 signatures=gate,
             )
-            request = ModuleRequest(source, sha256, PullPolicy.ALWAYS)
-            module = puller.get(request, None, wait=options.timeout)
+            module = puller.get(
+                ModuleRequest(source, sha256, PullPolicy.ALWAYS), None, options.timeout
+            )
             try:
                 report.module_digest = f"sha256:{module.digest}"
                 report.manifest_digest = module.manifest_digest or report.manifest_digest
                 report.judge(module.path / MODULE_FILE)
             finally:
                 puller.release(module)
-
-    _run(report, pull)
-    return report
 
 
 def _run(report: Report, work: Callable[[Path], None]) -> None:
