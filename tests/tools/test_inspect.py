@@ -6,6 +6,8 @@ import dataclasses
 import gzip
 import hashlib
 import json
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -431,3 +433,26 @@ def test_signature_policy_as_the_node_has_it(
     assert run(unsigned.reference)[0] == 0
     # A key file that cannot be read is a usage error.
     assert run(unsigned.reference, "--verify-key", f"team={tmp_path / 'none.pub'}")[0] == 2
+
+
+def test_exit_statuses_of_the_real_process(tmp_path: Path) -> None:
+    good, plain = tmp_path / "good.wasm", tmp_path / "plain.wasm"
+    good.write_bytes(make_module(2048, "i-proc"))
+    plain.write_bytes(make_module(2048, "i-proc", proxy_wasm=False))
+
+    def status(*args: str) -> tuple[int, str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "csi_wasm", "inspect", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert "Traceback" not in done.stderr
+        return done.returncode, done.stderr
+
+    assert status(str(good)) == (0, "")
+    code, err = status(str(plain))
+    assert code == 1 and err.count("\n") == 1
+    assert status(str(good), "--abi", "wasi")[0] == 2  # argparse: not a choice
+    assert status("Not A Reference")[0] == 2
