@@ -295,10 +295,13 @@ class RegistryClient:
         """A request about ``ref`` with authentication for ``access`` (pull, or push).
 
         401/403 become PermissionDenied; any other response is returned, streamed: the
-        caller closes it. Used for pulls here and for pushes by :mod:`.upload`.
+        caller closes it. Used for pulls here and for pushes by :mod:`.upload`. A ``url``
+        on another host (an upload ``Location``) gets no credentials, as a redirect would not.
         """
         credentials = keychain.for_registry(ref.registry) if keychain is not None else None
-        authorization = self._auth.preauthorize(ref, credentials, deadline, access=access)
+        authorization = None
+        if host_of(url) == host_of(self.api_url(ref, "")):
+            authorization = self._auth.preauthorize(ref, credentials, deadline, access=access)
         request = _Outgoing(method, url, headers, body, what)
         response = self._send(request, authorization, deadline)
         if response.status_code == 401 and self._from_registry(ref, response):

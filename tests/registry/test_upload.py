@@ -199,3 +199,25 @@ def test_a_manifest_stored_under_another_digest_is_reported(fake: FakeServer) ->
         pytest.raises(FailedPrecondition, match="a proxy altered it"),
     ):
         RegistryUploader(client, None).push_manifest(ref, b"{}", OCI_MANIFEST, deadline())
+
+
+def test_an_upload_on_another_host_gets_no_credentials(
+    fake: FakeServer, storage: FakeServer
+) -> None:
+    tokens = TokenService(username="user", password="s3cret")
+    ScriptedRegistry(fake, tokens)
+
+    def elsewhere(exchange: Exchange) -> None:
+        exchange.reply(202, headers={"Location": f"{storage.url}/upload/1"})
+
+    fake.route(f"/v2/{REPO}/blobs/uploads/", elsewhere, method="POST")
+    storage.route("/upload/1", lambda exchange: exchange.reply(201), method="PUT")
+    ref = Reference(fake.host, REPO, "v1")
+    keychain = Keychain({fake.host: Credentials("user", "s3cret")})
+    options = RegistryOptions(insecure_registries=frozenset({fake.host, storage.host}))
+    with RegistryClient(options) as client:
+        assert RegistryUploader(client, keychain).push_blob(ref, BLOB, deadline())
+    (put,) = storage.requests_to("/upload/1")
+    assert put.authorization is None
+    assert put.body == BLOB
+    assert put.query["digest"] == [sha256_digest(BLOB)]
