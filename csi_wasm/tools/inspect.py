@@ -159,6 +159,8 @@ class Report:
             lines.append(f"manifest:   {self.manifest_digest}")
         if self.module_digest:
             lines.append(f"module:     {self.module_digest}")
+            if self.kind == "url":  # what a volume naming this url must say
+                lines.append(f'sha256:     "{self.module_digest.removeprefix("sha256:")}"')
         facts = self.facts
         if facts is not None:
             lines.append(f"size:       {facts.size} bytes")

@@ -370,6 +370,8 @@ def test_an_https_url(
     assert main([*base, url]) == 0
     document = json.loads(capsys.readouterr().out)
     assert (document["kind"], document["module_digest"]) == ("url", sha(module))
+    assert main(["inspect", "--registry-ca", str(ca), url]) == 0
+    assert f'sha256:     "{sha(module)[7:]}"' in capsys.readouterr().out.splitlines()
     # With the sha256 a volume would give, the driver's puller fetches and checks it.
     assert main([*base, f"{url}#sha256={sha(module)[7:]}"]) == 0
     capsys.readouterr()
