@@ -1,8 +1,13 @@
 """NodePublishVolume and NodeUnpublishVolume, without gRPC.
 
-Publish is a straight line with one rollback: validate, lock the volume, get the
+Publish is a straight line with one rollback: lock the volume, validate, get the
 module (cache or pull), record the volume, bind-mount read-only, check the mount.
 Any failure after the record is written undoes the mount and the record.
+
+It runs on the server's event loop in three steps: prepare (validate, look in the
+cache or join the pull) and finish (record, mount) are blocking and run on a worker
+thread; waiting for a pull in between is an ``await`` that holds no thread, so
+hundreds of pods can wait for one download while everything else is answered.
 
 The module comes back pinned (garbage collection cannot evict it); the pin is
 released once the volume record names it, or on failure. Unpublish marks the module
@@ -11,6 +16,7 @@ used now, so its time unused starts when its last volume goes.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import time
@@ -41,8 +47,9 @@ from csi_wasm.kube.events import (
 )
 from csi_wasm.locks import VolumeLocks
 from csi_wasm.mounts import READ_ONLY_OPTIONS, MountEntry
-from csi_wasm.puller import PulledModule
+from csi_wasm.puller import Lookup, PulledModule
 from csi_wasm.registry import Keychain
+from csi_wasm.workers import Workers
 
 
 class Mounter(Protocol):
@@ -53,10 +60,18 @@ class Mounter(Protocol):
 
 
 class ModuleSource(Protocol):
-    def get(
-        self, request: attributes.ModuleRequest, keychain: Keychain | None, wait: float
-    ) -> PulledModule:
+    """Where modules come from (:class:`csi_wasm.puller.Puller`), in three steps so that
+    waiting for a download holds no thread: find (local), ready (awaits the network),
+    collect (local)."""
+
+    def find(self, request: attributes.ModuleRequest, keychain: Keychain | None) -> Lookup: ...
+
+    async def ready(self, lookup: Lookup, wait: float, work: Workers) -> None: ...
+
+    def collect(self, lookup: Lookup) -> PulledModule:
         """The module, pinned until :meth:`release`."""
+
+    def abandon(self, lookup: Lookup) -> None: ...
 
     def release(self, module: PulledModule) -> None: ...
 
@@ -71,6 +86,15 @@ class PublishRequest:
     block: bool  # the requested access type is block, not mount
     volume_context: Mapping[str, str]
     secrets: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A publish between its steps: the record it will write, where, and its module lookup."""
+
+    wanted: VolumeRecord  # without the module digest, known once collected
+    target: Path
+    lookup: Lookup
 
 
 @dataclass(frozen=True)
@@ -99,12 +123,18 @@ class NodeService:
         self._locks = VolumeLocks()
 
     def publish(self, request: PublishRequest, wait: float) -> PublishResult:
+        """:meth:`publish_async` for a caller with a thread to spare (and no event loop)."""
+        return asyncio.run(self.publish_async(request, wait, Workers.inline()))
+
+    async def publish_async(
+        self, request: PublishRequest, wait: float, work: Workers
+    ) -> PublishResult:
         """Publish, and tell the pod's Events what happened (best effort, never blocking)."""
         started = time.monotonic()
         pod = attributes.pod_info(request.volume_context)
         try:
             with disk_faults():  # the root's faults are named, never INTERNAL
-                result = self._publish(request, wait)
+                result = await self._publish(request, wait, work)
         except CsiWasmError as error:
             if not isinstance(error, Aborted):  # kubelet's overlap, not the pod's problem
                 self._events.failed(pod, _event_reason(error), error.message)
@@ -123,8 +153,25 @@ class NodeService:
             )
         return result
 
-    def _publish(self, request: PublishRequest, wait: float) -> PublishResult:
+    async def _publish(self, request: PublishRequest, wait: float, work: Workers) -> PublishResult:
+        """Prepare on a worker, wait for the module holding no thread, finish on a worker.
+
+        The volume stays locked throughout, so kubelet's overlapping retry is ABORTED.
+        """
         volume_id = _require(request.volume_id, "volume_id")
+        with self._locks.hold(volume_id):
+            prepared = await work.local.run(self._prepare, volume_id, request)
+            if isinstance(prepared, PublishResult):
+                return prepared
+            try:
+                await self._modules.ready(prepared.lookup, wait, work)
+            except BaseException:
+                await work.local.run(self._modules.abandon, prepared.lookup)
+                raise
+            return await work.local.run(self._finish, prepared)
+
+    def _prepare(self, volume_id: str, request: PublishRequest) -> _Prepared | PublishResult:
+        """Validate, and either find the volume already published or look for its module."""
         target = self._confine(request.target_path)
         if request.block:
             raise InvalidArgument(
@@ -132,35 +179,35 @@ class NodeService:
                 "use a mount (filesystem) volume"
             )
         module_request = attributes.parse_attributes(request.volume_context)
-        pod = str(attributes.pod_info(request.volume_context))
-        with self._locks.hold(volume_id):
-            existing = self._records.get(volume_id)
-            wanted = VolumeRecord(
-                volume_id=volume_id,
-                target_path=os.fspath(target),
-                url=request.volume_context[attributes.URL],
-                sha256=module_request.sha256,
-                module="",
-                pod=pod,
-            )
-            if existing is not None:
-                if not existing.matches(wanted):
-                    raise AlreadyExists(
-                        f"volume {volume_id} is already published at {existing.target_path} "
-                        f"with url {existing.url!r}; unpublish it first"
-                    )
-                if _is_read_only(self._mounter.find_mount(target)):
-                    return PublishResult(existing.module, 0, True, already_published=True)
-            keychain = Keychain.from_secrets(request.secrets)
-            module = self._modules.get(module_request, keychain, wait)
-            try:
-                record = VolumeRecord(**{**wanted.__dict__, "module": module.digest})
-                self._mount(record, module, target)
-            finally:
-                self._modules.release(module)  # the record (or nothing) holds it now
-            return PublishResult(
-                module.digest, module.size, module.from_cache, False, module.warning
-            )
+        wanted = VolumeRecord(
+            volume_id=volume_id,
+            target_path=os.fspath(target),
+            url=request.volume_context[attributes.URL],
+            sha256=module_request.sha256,
+            module="",
+            pod=str(attributes.pod_info(request.volume_context)),
+        )
+        existing = self._records.get(volume_id)
+        if existing is not None:
+            if not existing.matches(wanted):
+                raise AlreadyExists(
+                    f"volume {volume_id} is already published at {existing.target_path} "
+                    f"with url {existing.url!r}; unpublish it first"
+                )
+            if _is_read_only(self._mounter.find_mount(target)):
+                return PublishResult(existing.module, 0, True, already_published=True)
+        keychain = Keychain.from_secrets(request.secrets)
+        return _Prepared(wanted, target, self._modules.find(module_request, keychain))
+
+    def _finish(self, prepared: _Prepared) -> PublishResult:
+        """Take the module (pinned), record the volume and mount it; the record holds it then."""
+        module = self._modules.collect(prepared.lookup)
+        try:
+            record = VolumeRecord(**{**prepared.wanted.__dict__, "module": module.digest})
+            self._mount(record, module, prepared.target)
+        finally:
+            self._modules.release(module)  # the record (or nothing) holds it now
+        return PublishResult(module.digest, module.size, module.from_cache, False, module.warning)
 
     def unpublish(self, volume_id: str, target_path: str) -> None:
         volume_id = _require(volume_id, "volume_id")

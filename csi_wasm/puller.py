@@ -1,6 +1,6 @@
 """Get a module into the store: from the cache if allowed, else from its registry.
 
-Three rules shape this module:
+Four rules shape this module:
 
 * One download per module per node. Requests for the same module (same source,
   sha256 and credentials) join the pull in flight rather than starting their own.
@@ -8,6 +8,10 @@ Three rules shape this module:
   minutes; a large module on a slow registry may need longer. The pull runs on its
   own thread under its own deadline (``--pull-timeout``); an RPC that runs out of
   time returns DEADLINE_EXCEEDED, and kubelet's retry joins the same pull.
+* Waiting holds no thread. :meth:`Puller.find` (local files only) returns a lookup,
+  :meth:`Puller.ready` awaits the network on the caller's event loop, and
+  :meth:`Puller.collect` turns the lookup into the pinned module; :meth:`Puller.get`
+  does all three for a caller that has a thread to block.
 * A private module stays private. The cache is shared by every pod on the node, so
   a cached module from a repository that needed credentials is only served to a
   request whose credentials were verified recently (see :mod:`csi_wasm.access`);
@@ -27,6 +31,7 @@ room and the pull is retried once.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -34,7 +39,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar
@@ -89,6 +93,7 @@ from csi_wasm.verify import Abi, InvalidModule, ModuleFacts, judge, read_facts
 from csi_wasm.verify.gate import SignatureGate
 from csi_wasm.verify.policy import NO_REQUIREMENT, Requirement
 from csi_wasm.verify.signatures import Outcome
+from csi_wasm.workers import Workers, settled
 
 if TYPE_CHECKING:
     pass
@@ -163,6 +168,25 @@ class _Pull:
         return f"resolving for {elapsed:.0f} s"
 
 
+@dataclass(frozen=True)
+class _Check:
+    """A cached private module's access check: one manifest request with these credentials."""
+
+    reference: Reference
+    keychain: Keychain | None = field(repr=False)
+    requester: Credentials | None = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What :meth:`Puller.find` found: a cached module (pinned, maybe still to be
+    checked), or the pull in flight it joined."""
+
+    module: PulledModule | None = None
+    check: _Check | None = None
+    pull: _Pull | None = None
+
+
 class PullObserver(Protocol):
     """Told about cache lookups and finished pulls (metrics)."""
 
@@ -229,14 +253,31 @@ class Puller:
     ) -> PulledModule:
         """The module for ``request``, waiting at most ``wait`` seconds for a download.
 
-        The module is pinned: call :meth:`release` when done with it.
+        The module is pinned: call :meth:`release` when done with it. Blocks the calling
+        thread; code on an event loop uses :meth:`find`, :meth:`ready`, :meth:`collect`.
+        """
+        return asyncio.run(self.get_async(request, pod_keychain, wait, Workers.inline()))
+
+    async def get_async(
+        self, request: ModuleRequest, pod_keychain: Keychain | None, wait: float, work: Workers
+    ) -> PulledModule:
+        lookup = await work.local.run(self.find, request, pod_keychain)
+        try:
+            await self.ready(lookup, wait, work)
+        except BaseException:
+            await work.local.run(self.abandon, lookup)
+            raise
+        return await work.local.run(self.collect, lookup)
+
+    def find(self, request: ModuleRequest, pod_keychain: Keychain | None) -> Lookup:
+        """Look in the cache, else join or start the pull; touches only local files.
+
+        Hand the lookup to :meth:`ready`, then to :meth:`collect` or :meth:`abandon`.
         """
         with disk_faults():  # the cache's faults are named (the pull's: see _run)
-            return self._get(request, pod_keychain, wait)
+            return self._find(request, pod_keychain)
 
-    def _get(
-        self, request: ModuleRequest, pod_keychain: Keychain | None, wait: float
-    ) -> PulledModule:
+    def _find(self, request: ModuleRequest, pod_keychain: Keychain | None) -> Lookup:
         source = request.source
         requirement = self._requirement(request)
         abi = request.abi or self._settings.default_abi
@@ -246,22 +287,19 @@ class Puller:
             cached = self._pinned(request.sha256, None, from_cache=True, abi=abi)
             self._observe_lookup(cached)
             if cached is not None:
-                return cached
-            return self._wait(self._join_or_start(source, request.sha256, None, None, abi), wait)
+                return Lookup(module=cached)
+            return Lookup(pull=self._join_or_start(source, request.sha256, None, None, abi))
         keychain = _merge(pod_keychain, self._node_keychain)
         requester = pod_keychain.for_registry(source.registry) if pod_keychain else None
         if request.pull_policy is PullPolicy.IF_NOT_PRESENT:
             cached = self._keep_if_signed(self.cached(source, request.sha256, abi), requirement)
             self._observe_lookup(cached)
             if cached is not None:
-                try:
-                    self._authorize(source, keychain, requester, wait)
-                except BaseException:
-                    self.release(cached)
-                    raise
-                return cached
+                if self._access.may_serve(source.name, requester):
+                    return Lookup(module=cached)
+                return Lookup(module=cached, check=_Check(source, keychain, requester))
         pull = self._join_or_start(source, request.sha256, keychain, requester, abi, requirement)
-        return self._wait(pull, wait)
+        return Lookup(pull=pull)
 
     def _requirement(self, request: ModuleRequest) -> Requirement:
         if self._signatures is not None:
@@ -284,6 +322,48 @@ class Puller:
         self.release(cached)
         return None
 
+    async def ready(self, lookup: Lookup, wait: float, work: Workers) -> None:
+        """Wait for what the lookup still needs from the network: no thread waits on a pull.
+
+        Raises only when a cached private module's access check fails.
+        """
+        if lookup.check is not None:
+            await work.network.run(self._authorize, lookup.check, wait)
+        if lookup.pull is not None:
+            await settled(lookup.pull.future, wait)
+
+    def collect(self, lookup: Lookup) -> PulledModule:
+        """The pinned module; DEADLINE_EXCEEDED if its pull is still running, or its error."""
+        with disk_faults():
+            return self._collect(lookup)
+
+    def _collect(self, lookup: Lookup) -> PulledModule:
+        if lookup.pull is None:
+            assert lookup.module is not None
+            return lookup.module
+        pull = lookup.pull
+        try:
+            if not pull.future.done():
+                raise DeadlineExceeded(
+                    f"still pulling {pull.shown} ({pull.describe()}); the pull continues "
+                    "and kubelet's retry will pick it up"
+                )
+            result = pull.future.result()
+            # The pull's own pin still holds the module, so this cannot miss it
+            # (unless another process, `csi-wasm gc` or `fsck`, removed it).
+            if not self._store.pin(result.digest):
+                raise _vanished(result.digest)
+            return result
+        finally:
+            self._leave(pull)
+
+    def abandon(self, lookup: Lookup) -> None:
+        """Let go of a lookup that will not be collected."""
+        if lookup.module is not None:
+            self.release(lookup.module)
+        if lookup.pull is not None:
+            self._leave(lookup.pull)
+
     def release(self, module: PulledModule) -> None:
         """Unpin a module :meth:`get` returned: from now on only volume records keep it."""
         self._store.unpin(module.digest)
@@ -291,28 +371,6 @@ class Puller:
     def unused(self, module_digest: str) -> None:
         """A volume of this module went away: its time unused counts from now."""
         self._store.touch(module_digest)
-
-    def _wait(self, pull: _Pull, wait: float) -> PulledModule:
-        try:
-            result = pull.future.result(timeout=max(0.0, wait))
-        except FutureTimeout:
-            self._leave(pull)
-            raise DeadlineExceeded(
-                f"still pulling {pull.shown} ({pull.describe()}); the pull continues "
-                "and kubelet's retry will pick it up"
-            ) from None
-        except BaseException:
-            self._leave(pull)
-            raise
-        try:
-            # The pull's own pin still holds the module, so this cannot miss it
-            # (unless another process, `csi-wasm gc` or `fsck`, removed it).
-            pinned = self._store.pin(result.digest)
-        finally:
-            self._leave(pull)
-        if not pinned:
-            raise _vanished(result.digest)
-        return result
 
     def _leave(self, pull: _Pull) -> None:
         """One waiter is done; the last one after the pull finished hands back its pin."""
@@ -351,24 +409,16 @@ class Puller:
             return None  # the tag moved or the sha256 is wrong: let a pull decide
         return self._pinned(module_hex, manifest_digest, from_cache=True, abi=abi)
 
-    def _authorize(
-        self,
-        reference: Reference,
-        keychain: Keychain | None,
-        requester: Credentials | None,
-        wait: float,
-    ) -> None:
-        """Serve a cached module only to whom the registry would serve it."""
-        if self._access.may_serve(reference.name, requester):
-            return
+    def _authorize(self, check: _Check, wait: float) -> None:
+        """Serve a cached module only to whom the registry would serve it (a network call)."""
         deadline = Deadline.after(max(0.001, min(wait, self._settings.pull_timeout)))
         self._first_route(
-            reference,
+            check.reference,
             lambda route: self._registry.get_manifest(
-                route, keychain, deadline, mediatypes.MANIFEST_ACCEPT
+                route, check.keychain, deadline, mediatypes.MANIFEST_ACCEPT
             ),
         )
-        self._access.record_pull(reference.name, requester)
+        self._access.record_pull(check.reference.name, check.requester)
 
     def _first_route(self, reference: Reference, attempt: Callable[[Reference], T]) -> T:
         """``attempt`` on each mirror of the reference's registry, then on the registry.
@@ -403,6 +453,11 @@ class Puller:
     def in_flight(self) -> int:
         with self._lock:
             return len(self._inflight)
+
+    def waiting(self) -> int:
+        """Requests waiting on the pulls in flight."""
+        with self._lock:
+            return sum(pull.waiters for pull in self._inflight.values())
 
     # the pull itself
 
@@ -442,28 +497,32 @@ class Puller:
     def _run(self, key: PullKey, pull: _Pull) -> None:
         started = time.monotonic()
         self._progress.watch(pull)
+        outcome: PulledModule | BaseException
         try:
             with self._slots:
                 deadline = Deadline.after(self._settings.pull_timeout)
-                result = self._fetch_making_room(pull, deadline)
+                outcome = self._fetch_making_room(pull, deadline)  # pinned: see _leave
         except BaseException as caught:  # handed to every waiter
-            error = storage_error(caught) if isinstance(caught, OSError) else caught
-            self._finished(
-                started, error.code.lower() if isinstance(error, CsiWasmError) else "internal", 0
-            )
-            pull.future.set_exception(error)
+            outcome = storage_error(caught) if isinstance(caught, OSError) else caught
+        if isinstance(outcome, BaseException):
+            code = outcome.code.lower() if isinstance(outcome, CsiWasmError) else "internal"
+            self._finished(started, code, 0)
         else:
             self._finished(started, "success", pull.bytes_done)
-            pull.future.set_result(result)  # pinned: see _leave
-        finally:
-            self._progress.forget(pull)
-            with self._lock:
-                self._inflight.pop(key, None)
-                pull.finished = True
-                release = pull.waiters == 0 and not pull.released
-                pull.released = pull.released or release
-            if release:
-                self._release_pull(pull)
+        self._progress.forget(pull)
+        with self._lock:
+            # Finished and resolved in one step under the lock each waiter's _leave takes,
+            # so whoever is last out (a waiter or this thread) hands back the pull's pin.
+            self._inflight.pop(key, None)
+            pull.finished = True
+            if isinstance(outcome, BaseException):
+                pull.future.set_exception(outcome)
+            else:
+                pull.future.set_result(outcome)
+            release = pull.waiters == 0 and not pull.released
+            pull.released = pull.released or release
+        if release:
+            self._release_pull(pull)
 
     def _fetch_making_room(self, pull: _Pull, deadline: Deadline) -> PulledModule:
         """Fetch; if the disk fills up, ask the collector for room and try once more."""

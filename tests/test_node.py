@@ -34,12 +34,13 @@ from csi_wasm.errors import (
 )
 from csi_wasm.mounts import KernelMounter
 from csi_wasm.node import NodeService, PublishRequest
-from csi_wasm.puller import PulledModule, Puller
+from csi_wasm.puller import Lookup, PulledModule, Puller
 from csi_wasm.registry import Keychain, RegistryClient, RegistryOptions
 from csi_wasm.settings import PullSettings
 from csi_wasm.verify.gate import SignatureGate
 from csi_wasm.verify.keys import parse_public_key
 from csi_wasm.verify.policy import parse_policy
+from csi_wasm.workers import Workers
 
 
 @dataclass
@@ -180,8 +181,18 @@ class VanishingModules:
     path: Path
     released: list[str] = field(default_factory=list)
 
-    def get(self, request: ModuleRequest, keychain: Keychain | None, wait: float) -> PulledModule:
-        return PulledModule("ab" * 32, self.path, 8, None, from_cache=True)
+    def find(self, request: ModuleRequest, keychain: Keychain | None) -> Lookup:
+        return Lookup(module=PulledModule("ab" * 32, self.path, 8, None, from_cache=True))
+
+    async def ready(self, lookup: Lookup, wait: float, work: Workers) -> None:
+        return
+
+    def collect(self, lookup: Lookup) -> PulledModule:
+        assert lookup.module is not None
+        return lookup.module
+
+    def abandon(self, lookup: Lookup) -> None:
+        raise AssertionError("a cached module is always collected")
 
     def release(self, module: PulledModule) -> None:
         self.released.append(module.digest)

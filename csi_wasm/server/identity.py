@@ -1,15 +1,14 @@
-"""The CSI Identity service."""
+"""The CSI Identity service, answered on the event loop: nothing here blocks."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import grpc
 from google.protobuf import wrappers_pb2
 
 from csi_wasm import __version__
 from csi_wasm._proto import csi_pb2, csi_pb2_grpc
-from csi_wasm.server.rpc import CallObserver, ObservedServicer, handler
+from csi_wasm.server.rpc import CallObserver, Context, ObservedServicer, handler
 
 
 class IdentityServicer(csi_pb2_grpc.IdentityServicer, ObservedServicer):
@@ -21,20 +20,18 @@ class IdentityServicer(csi_pb2_grpc.IdentityServicer, ObservedServicer):
         self._ready = ready
 
     @handler
-    def GetPluginInfo(
-        self, request: csi_pb2.GetPluginInfoRequest, context: grpc.ServicerContext
+    async def GetPluginInfo(
+        self, request: csi_pb2.GetPluginInfoRequest, context: Context
     ) -> csi_pb2.GetPluginInfoResponse:
         return csi_pb2.GetPluginInfoResponse(name=self._driver_name, vendor_version=__version__)
 
     @handler
-    def GetPluginCapabilities(
-        self, request: csi_pb2.GetPluginCapabilitiesRequest, context: grpc.ServicerContext
+    async def GetPluginCapabilities(
+        self, request: csi_pb2.GetPluginCapabilitiesRequest, context: Context
     ) -> csi_pb2.GetPluginCapabilitiesResponse:
         # A node-only plugin: no CONTROLLER_SERVICE, no topology constraints.
         return csi_pb2.GetPluginCapabilitiesResponse()
 
     @handler
-    def Probe(
-        self, request: csi_pb2.ProbeRequest, context: grpc.ServicerContext
-    ) -> csi_pb2.ProbeResponse:
+    async def Probe(self, request: csi_pb2.ProbeRequest, context: Context) -> csi_pb2.ProbeResponse:
         return csi_pb2.ProbeResponse(ready=wrappers_pb2.BoolValue(value=self._ready()))

@@ -1,13 +1,18 @@
-"""The CSI Node service: translates protobuf to :mod:`csi_wasm.node` calls and back."""
+"""The CSI Node service: translates protobuf to :mod:`csi_wasm.node` calls and back.
+
+Answered on the event loop; publish and unpublish do their blocking work on the
+workers' threads (see :mod:`csi_wasm.workers`).
+"""
 
 from __future__ import annotations
 
-import grpc
+import asyncio
 
 from csi_wasm._proto import csi_pb2, csi_pb2_grpc
 from csi_wasm.errors import InvalidArgument, Unimplemented
 from csi_wasm.node import NodeService, PublishRequest
-from csi_wasm.server.rpc import CallObserver, ObservedServicer, handler, note
+from csi_wasm.server.rpc import CallObserver, Context, ObservedServicer, handler, note
+from csi_wasm.workers import Workers
 
 # Answer a little before kubelet's deadline, so it sees our message, not its own timeout.
 _DEADLINE_MARGIN = 1.0
@@ -17,22 +22,24 @@ class NodeServicer(csi_pb2_grpc.NodeServicer, ObservedServicer):
     def __init__(
         self,
         service: NodeService,
+        work: Workers,
         node_id: str,
         pull_timeout: float,
         on_call: CallObserver | None = None,
     ) -> None:
         ObservedServicer.__init__(self, on_call)
         self._service = service
+        self._work = work
         self._node_id = node_id
         self._pull_timeout = pull_timeout
 
     @handler
-    def NodePublishVolume(
-        self, request: csi_pb2.NodePublishVolumeRequest, context: grpc.ServicerContext
+    async def NodePublishVolume(
+        self, request: csi_pb2.NodePublishVolumeRequest, context: Context
     ) -> csi_pb2.NodePublishVolumeResponse:
         if not request.HasField("volume_capability"):
             raise InvalidArgument("volume_capability is required")
-        result = self._service.publish(
+        publish = self._service.publish_async(
             PublishRequest(
                 volume_id=request.volume_id,
                 target_path=request.target_path,
@@ -40,28 +47,32 @@ class NodeServicer(csi_pb2_grpc.NodeServicer, ObservedServicer):
                 volume_context=dict(request.volume_context),
                 secrets=dict(request.secrets),
             ),
-            wait=self._wait(context),
+            self._wait(context),
+            self._work,
         )
+        # A publish runs to its end even if kubelet gives up on the call: its steps hand
+        # pins and mounts to each other, and its wait is already bounded by the deadline.
+        result = await asyncio.shield(publish)
         note(digest=f"sha256:{result.module_digest}", cached=result.from_cache)
         return csi_pb2.NodePublishVolumeResponse()
 
     @handler
-    def NodeUnpublishVolume(
-        self, request: csi_pb2.NodeUnpublishVolumeRequest, context: grpc.ServicerContext
+    async def NodeUnpublishVolume(
+        self, request: csi_pb2.NodeUnpublishVolumeRequest, context: Context
     ) -> csi_pb2.NodeUnpublishVolumeResponse:
-        self._service.unpublish(request.volume_id, request.target_path)
+        await self._work.local.run(self._service.unpublish, request.volume_id, request.target_path)
         return csi_pb2.NodeUnpublishVolumeResponse()
 
     @handler
-    def NodeGetCapabilities(
-        self, request: csi_pb2.NodeGetCapabilitiesRequest, context: grpc.ServicerContext
+    async def NodeGetCapabilities(
+        self, request: csi_pb2.NodeGetCapabilitiesRequest, context: Context
     ) -> csi_pb2.NodeGetCapabilitiesResponse:
         # No staging, no stats, no expansion: ephemeral read-only volumes need none.
         return csi_pb2.NodeGetCapabilitiesResponse()
 
     @handler
-    def NodeGetInfo(
-        self, request: csi_pb2.NodeGetInfoRequest, context: grpc.ServicerContext
+    async def NodeGetInfo(
+        self, request: csi_pb2.NodeGetInfoRequest, context: Context
     ) -> csi_pb2.NodeGetInfoResponse:
         return csi_pb2.NodeGetInfoResponse(node_id=self._node_id)
 
@@ -69,30 +80,30 @@ class NodeServicer(csi_pb2_grpc.NodeServicer, ObservedServicer):
     # above say so, and these answer UNIMPLEMENTED for a caller that asks anyway.
 
     @handler
-    def NodeStageVolume(
-        self, request: csi_pb2.NodeStageVolumeRequest, context: grpc.ServicerContext
+    async def NodeStageVolume(
+        self, request: csi_pb2.NodeStageVolumeRequest, context: Context
     ) -> csi_pb2.NodeStageVolumeResponse:
         raise _unimplemented("NodeStageVolume")
 
     @handler
-    def NodeUnstageVolume(
-        self, request: csi_pb2.NodeUnstageVolumeRequest, context: grpc.ServicerContext
+    async def NodeUnstageVolume(
+        self, request: csi_pb2.NodeUnstageVolumeRequest, context: Context
     ) -> csi_pb2.NodeUnstageVolumeResponse:
         raise _unimplemented("NodeUnstageVolume")
 
     @handler
-    def NodeGetVolumeStats(
-        self, request: csi_pb2.NodeGetVolumeStatsRequest, context: grpc.ServicerContext
+    async def NodeGetVolumeStats(
+        self, request: csi_pb2.NodeGetVolumeStatsRequest, context: Context
     ) -> csi_pb2.NodeGetVolumeStatsResponse:
         raise _unimplemented("NodeGetVolumeStats")
 
     @handler
-    def NodeExpandVolume(
-        self, request: csi_pb2.NodeExpandVolumeRequest, context: grpc.ServicerContext
+    async def NodeExpandVolume(
+        self, request: csi_pb2.NodeExpandVolumeRequest, context: Context
     ) -> csi_pb2.NodeExpandVolumeResponse:
         raise _unimplemented("NodeExpandVolume")
 
-    def _wait(self, context: grpc.ServicerContext) -> float:
+    def _wait(self, context: Context) -> float:
         remaining = context.time_remaining()
         if remaining is None:
             return self._pull_timeout

@@ -1,18 +1,20 @@
 """The one place where csi-wasm errors become gRPC status codes, and every RPC is logged.
 
-Each servicer method is wrapped by :func:`handler`. It logs one JSON line per call
-(method, volume id, pod, digest, code, duration; Probe only at debug level) and turns
-a :class:`~csi_wasm.errors.CsiWasmError` into ``context.abort`` with its code. Any
-other exception is a bug: INTERNAL, with the traceback in the log only.
+Each servicer method is a coroutine (the server is gRPC's asyncio server) wrapped by
+:func:`handler`. It logs one JSON line per call (method, volume id, pod, digest, code,
+duration; Probe only at debug level) and turns a :class:`~csi_wasm.errors.CsiWasmError`
+into ``context.abort`` with its code. Any other exception is a bug: INTERNAL, with the
+traceback in the log only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -36,7 +38,8 @@ class ObservedServicer:
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 Servicer = TypeVar("Servicer", bound=ObservedServicer)
-Method = Callable[[Servicer, Request, grpc.ServicerContext], Response]
+Context = grpc.aio.ServicerContext[Any, Any]
+Method = Callable[[Servicer, Request, Context], Awaitable[Response]]
 
 _notes: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("rpc_notes")
 
@@ -76,13 +79,16 @@ def handler(method: Method[Servicer, Request, Response]) -> Method[Servicer, Req
     level = logging.DEBUG if name == "Probe" else logging.INFO
 
     @functools.wraps(method)
-    def wrapper(self: Servicer, request: Request, context: grpc.ServicerContext) -> Response:
+    async def wrapper(self: Servicer, request: Request, context: Context) -> Response:
         started = time.monotonic()
         notes: dict[str, Any] = {}
         token = _notes.set(notes)
         code, message = "OK", ""
         try:
-            return method(self, request, context)
+            return await method(self, request, context)
+        except asyncio.CancelledError:  # the caller went away, or the server is stopping
+            code = "CANCELLED"
+            raise
         except CsiWasmError as error:
             code, message = error.code, error.message
         except Exception as error:  # a bug: the caller gets a short line, the log the traceback
@@ -107,7 +113,7 @@ def handler(method: Method[Servicer, Request, Response]) -> Method[Servicer, Req
             log.log(level if code == "OK" else logging.WARNING, name, extra={"fields": fields})
             if self.on_call is not None:
                 self.on_call(name, code, seconds)
-        context.abort(grpc.StatusCode[code], message)
+        await context.abort(grpc.StatusCode[code], message)
         raise AssertionError("context.abort returned")  # pragma: no cover
 
     return wrapper

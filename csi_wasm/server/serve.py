@@ -4,6 +4,11 @@ Before the socket opens, the records are reconciled with the mount table (see
 :mod:`csi_wasm.cache.reconcile`); once serving, a background thread garbage-collects the
 cache every ``--gc-interval`` (see :mod:`csi_wasm.cache.gc`).
 
+gRPC is served by grpc.aio on an event loop of its own thread (:mod:`.loop`): calls
+that only answer (Probe, NodeGetInfo...) are answered there, blocking work runs on
+bounded worker pools, and a publish waiting for a pull holds no thread
+(:mod:`csi_wasm.workers`).
+
 On SIGTERM the socket is removed and the process exits; published volumes stay
 mounted, so running pods never notice a restart or an upgrade of the driver.
 """
@@ -15,7 +20,6 @@ import os
 import signal
 import stat
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,15 +46,21 @@ from csi_wasm.puller import Puller
 from csi_wasm.registry import Keychain, RegistryClient, RegistryOptions
 from csi_wasm.registry.credentials import keychain_from_file
 from csi_wasm.server.identity import IdentityServicer
+from csi_wasm.server.loop import LoopThread
 from csi_wasm.server.node import NodeServicer
 from csi_wasm.settings import ServeSettings, VerifySettings
 from csi_wasm.verify.gate import SignatureGate
 from csi_wasm.verify.keys import PublicKey, load_keys
 from csi_wasm.verify.policy import Policy, load_policy
+from csi_wasm.workers import Workers
 
 log = logging.getLogger(__name__)
 
-RPC_WORKERS = 32  # kubelet may publish many pods at once; most calls wait on a pull
+# Threads for the blocking steps of RPCs. Waiting for a pull takes none, so these only
+# bound how many cache lookups, record writes and mounts run at once (GIL-bound work:
+# more threads would only contend), and how many private-module access checks.
+LOCAL_WORKERS = 4
+NETWORK_WORKERS = 8
 
 
 def socket_path(endpoint: str) -> Path:
@@ -122,7 +132,10 @@ class _GcMetrics:
 class Driver:
     """A running driver; :meth:`stop` shuts it down."""
 
-    server: grpc.Server
+    loop: LoopThread
+    server: grpc.aio.Server
+    work: Workers
+    puller: Puller
     socket: Path
     registry: RegistryClient
     metrics: Metrics
@@ -137,7 +150,10 @@ class Driver:
     gc_listener: GcListener | None = None
 
     def stop(self, grace: float = 5.0) -> None:
-        self.server.stop(grace).wait()
+        if not self.loop.closed:  # a second stop() is harmless, as each part's is
+            self.loop.run(self.server.stop(grace))
+            self.loop.stop()
+            self.work.shutdown()
         if self.gc_listener is not None:
             self.gc_listener.close()
         if self.lists is not None:
@@ -202,12 +218,10 @@ def start(settings: ServeSettings) -> Driver:
 
     metrics.set_state_source(snapshot)
 
-    server = grpc.server(ThreadPoolExecutor(max_workers=RPC_WORKERS, thread_name_prefix="rpc"))
-    csi_pb2_grpc.add_IdentityServicer_to_server(
-        IdentityServicer(node.driver_name, store.usable, metrics.observe_rpc), server
-    )
-    csi_pb2_grpc.add_NodeServicer_to_server(
-        NodeServicer(service, node.node_id, pull.pull_timeout, metrics.observe_rpc), server
+    work = Workers(LOCAL_WORKERS, NETWORK_WORKERS)
+    identity = IdentityServicer(node.driver_name, store.usable, metrics.observe_rpc)
+    node_servicer = NodeServicer(
+        service, work, node.node_id, pull.pull_timeout, metrics.observe_rpc
     )
     _remove_stale_socket(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -217,8 +231,8 @@ def start(settings: ServeSettings) -> Driver:
     # Before the first publish: csi-wasm gc collects through us, so it sees our pins.
     gc_listener = GcListener(store, collector.requested)
     gc_listener.start()
-    server.add_insecure_port(f"unix://{path}")
-    server.start()
+    loop = LoopThread()
+    server = loop.run(_open_server(identity, node_servicer, path))
     gc = GcLoop(collector, settings.cache.gc_interval, log_report)
     gc.start()
     catalog = open_catalog(settings, store, collector, metrics)
@@ -241,7 +255,10 @@ def start(settings: ServeSettings) -> Driver:
         },
     )
     return Driver(
+        loop,
         server,
+        work,
+        puller,
         path,
         registry,
         metrics,
@@ -255,6 +272,18 @@ def start(settings: ServeSettings) -> Driver:
         lists,
         gc_listener,
     )
+
+
+async def _open_server(
+    identity: IdentityServicer, node: NodeServicer, path: Path
+) -> grpc.aio.Server:
+    """The gRPC server, listening; created on the loop it will run on."""
+    server = grpc.aio.server()
+    csi_pb2_grpc.add_IdentityServicer_to_server(identity, server)
+    csi_pb2_grpc.add_NodeServicer_to_server(node, server)
+    server.add_insecure_port(f"unix://{path}")
+    await server.start()
+    return server
 
 
 def _start_prefetch(
