@@ -7,10 +7,11 @@ zero errors, zero mounts, targets or records left, and the driver's open file
 descriptors and threads back to their level.
 
 "Their level" is the fresh process's, plus what is made on first use and kept by
-design: gRPC's pool of at most 32 worker threads (it grows a thread at a time while
-calls queue) and the registry keep-alive connection. So: open fds after every round
-equal those after round 1, which are at most ``KEPT_FDS`` above the fresh process;
-threads never exceed the fresh count plus the pool, and never grow after round 2.
+design: the driver's worker pools (they grow a thread at a time while work queues, up
+to ``LOCAL_WORKERS + NETWORK_WORKERS``) and the registry keep-alive connection. So:
+open fds after every round equal those after round 1, which are at most ``KEPT_FDS``
+above the fresh process; threads never exceed the fresh count plus the pools, and
+never grow after round 2.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from support.registry import Registry
 from support.wasm import make_module
 
 from csi_wasm._proto import csi_pb2
+from csi_wasm.server.serve import LOCAL_WORKERS, NETWORK_WORKERS
 
 from .conftest import StartProcess
 from .harness import Process, assert_cache_verified, assert_nothing_left, tmp_files
 
 PAIRS = 500
 ROUNDS = 3
-RPC_WORKERS = 32  # csi_wasm.server.serve.RPC_WORKERS
+POOLS = LOCAL_WORKERS + NETWORK_WORKERS
 KEPT_FDS = 4  # registry keep-alive connection(s) and the like
 
 
@@ -118,11 +120,11 @@ def test_500_concurrent_pairs_three_rounds(
             assert_nothing_left(node_dirs, pods)
             if round_ == 0:
                 assert registry.blob_gets(pushed.layer_digest, since=mark) == 1
-                wait_for(lambda: driver.threads() <= fresh[1] + RPC_WORKERS, timeout=30)
+                wait_for(lambda: driver.threads() <= fresh[1] + POOLS, timeout=30)
                 levels.append(_level(driver))
                 assert levels[1][0] <= fresh[0] + KEPT_FDS, levels
             else:
-                ceiling = levels[-1][1] if round_ == 2 else fresh[1] + RPC_WORKERS
+                ceiling = levels[-1][1] if round_ == 2 else fresh[1] + POOLS
                 levels.append(_settles(driver, levels[1][0], ceiling))
         print(f"(open fds, threads): fresh, then after each round: {levels}")
         assert assert_cache_verified(node_dirs) == {pushed.module_sha256}
