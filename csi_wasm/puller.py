@@ -284,7 +284,9 @@ class Puller:
         if isinstance(source, HttpSource):
             # Named by its sha256 (required for URLs): the cache always answers first.
             assert request.sha256 is not None
-            cached = self._pinned(request.sha256, None, from_cache=True, abi=abi)
+            cached = self._pinned(
+                request.sha256, None, from_cache=True, abi=abi, where=display_url(source.url)
+            )
             self._observe_lookup(cached)
             if cached is not None:
                 return Lookup(module=cached)
@@ -407,7 +409,9 @@ class Puller:
             return None
         if sha256 is not None and sha256 not in (module_hex, _hex(manifest_digest or "")):
             return None  # the tag moved or the sha256 is wrong: let a pull decide
-        return self._pinned(module_hex, manifest_digest, from_cache=True, abi=abi)
+        return self._pinned(
+            module_hex, manifest_digest, from_cache=True, abi=abi, where=str(reference)
+        )
 
     def _authorize(self, check: _Check, wait: float) -> None:
         """Serve a cached module only to whom the registry would serve it (a network call)."""
@@ -596,7 +600,7 @@ class Puller:
         if known is not None:
             _check_sha256(sha256, known, digests, where)
             self._remember(reference, digests, known)
-            found = self._pinned(known, manifest.digest, from_cache=True, abi=pull.abi)
+            found = self._pinned(known, manifest.digest, from_cache=True, abi=pull.abi, where=where)
             if found is not None:
                 return self._signed(found, outcome, digests[0])
             # evicted since the lookup: download it again
@@ -727,12 +731,19 @@ class Puller:
         self._store.commit_module(verified_file, module_hex, pin=True)
 
     def _pinned(
-        self, module_hex: str, manifest_digest: str | None, *, from_cache: bool, abi: Abi | None
+        self,
+        module_hex: str,
+        manifest_digest: str | None,
+        *,
+        from_cache: bool,
+        abi: Abi | None,
+        where: str = "",
     ) -> PulledModule | None:
         """The stored module, pinned; None when it is not (or no longer) stored.
 
         With ``abi``, judged for it from the module's kept facts (read and validated
         here, once, for a module cached before validation existed); refused, unpinned.
+        ``where`` names the module in a refusal (its reference or URL).
         """
         size = self._store.acquire(module_hex)
         if size is None:
@@ -741,7 +752,7 @@ class Puller:
         if abi is not None:
             try:
                 facts = self._store.facts.of_module(module_hex, path / MODULE_FILE)
-                self._judge(facts, abi, f"module sha256:{module_hex}")
+                self._judge(facts, abi, where or f"module sha256:{module_hex}")
             except BaseException:
                 self._store.unpin(module_hex)
                 raise
