@@ -107,17 +107,14 @@ class FaultLog:
         self._fault: int | None = None  # errno of the fault the last run met
 
     def failed(self, error: BaseException) -> None:
-        named = disk_fault(error)
-        if named is None:
+        if not isinstance(error, OSError) or disk_fault(error) is None:
             self._log.error("%s failed; will try again", self._work, exc_info=error)
             return
-        fault = error.errno if isinstance(error, OSError) else None
-        if fault != self._fault:
+        if error.errno != self._fault:
             self._log.warning(
-                f"{self._work} failed; will try again",
-                extra={"fields": {"error": named.message}},
+                f"{self._work} failed; will try again", extra={"fields": {"error": explain(error)}}
             )
-            self._fault = fault
+            self._fault = error.errno
 
     def succeeded(self) -> None:
         if self._fault is not None:

@@ -124,17 +124,18 @@ def test_fault_log_tells_a_lasting_fault_once_and_its_end_once(
     runs.failed(bug)
     lines = [(r.levelname, r.getMessage(), r.__dict__.get("fields")) for r in caplog.records]
     assert lines[:3] == [
-        ("WARNING", "upkeep failed; will try again", {"error": disk_fault_message(errno.EROFS)}),
-        ("WARNING", "upkeep failed; will try again", {"error": disk_fault_message(errno.ENOSPC)}),
+        (
+            "WARNING",
+            "upkeep failed; will try again",
+            {"error": explain(os_error(errno.EROFS, "/root/.lock"))},
+        ),
+        (
+            "WARNING",
+            "upkeep failed; will try again",
+            {"error": explain(os_error(errno.ENOSPC, "/root/tmp/x"))},
+        ),
         ("INFO", "upkeep works again", None),
     ]
     assert [r.levelname for r in caplog.records[3:]] == ["ERROR", "ERROR"]  # a bug, every time
     assert all(r.exc_info is None for r in caplog.records[:3])
     assert all(r.exc_info is not None for r in caplog.records[3:])
-
-
-def disk_fault_message(code: int) -> str:
-    path = "/root/.lock" if code == errno.EROFS else "/root/tmp/x"
-    fault = disk_fault(os_error(code, path))
-    assert fault is not None
-    return fault.message

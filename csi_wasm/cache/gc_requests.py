@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from csi_wasm.cache.store import ModuleStore
+from csi_wasm.faults import FaultLog, disk_fault, explain, naming
 from csi_wasm.settings import CacheSettings
 
 log = logging.getLogger(__name__)
@@ -105,15 +106,18 @@ class GcListener:
             self._thread.join(5)
 
     def _serve(self) -> None:
+        accepts = FaultLog(log, "accepting gc requests")  # out of descriptors: one line
         while not self._closed.is_set():
             try:
-                connection, _ = self._socket.accept()
-            except OSError:
+                with naming(self._path):
+                    connection, _ = self._socket.accept()
+            except OSError as error:
                 if self._closed.is_set():
                     return
-                log.exception("gc requests: accept failed; trying again in a second")
+                accepts.failed(error)
                 self._closed.wait(1.0)
                 continue
+            accepts.succeeded()
             with connection:
                 self._answer(connection)
 
@@ -128,9 +132,16 @@ class GcListener:
             return
         try:
             report = self._collect(settings, dry_run)
-        except Exception as error:  # told to gc, and logged here with its traceback
-            log.exception("gc requested by csi-wasm gc failed")
-            answer: dict[str, object] = {"error": f"{type(error).__name__}: {error}"}
+        except Exception as error:  # told to gc; a bug is logged here with its traceback
+            if isinstance(error, OSError) and disk_fault(error):
+                shown = explain(error)  # the root's fault, named: gc prints it as its one line
+                log.warning(
+                    "gc requested by csi-wasm gc failed", extra={"fields": {"error": shown}}
+                )
+            else:
+                shown = f"{type(error).__name__}: {error}"
+                log.exception("gc requested by csi-wasm gc failed")
+            answer: dict[str, object] = {"error": shown}
         else:
             answer = {"report": report}
         connection.settimeout(_REQUEST_TIMEOUT)

@@ -170,9 +170,23 @@ def test_a_starting_driver_waits_for_a_lone_gc_before_it_serves(store: ModuleSto
     listener.close()
 
 
-def test_a_failure_in_the_driver_is_reported_by_gc(store: ModuleStore) -> None:
+@pytest.mark.parametrize(
+    ("failure", "shown"),
+    [
+        pytest.param(
+            OSError(5, "Input/output error", "/root/.lock"),
+            "/root/.lock: Input/output error; the disk reports I/O errors: "
+            "check the node's disk (dmesg) and repair it",
+            id="a fault of the root, named",
+        ),
+        pytest.param(KeyError("cache_bytes"), "KeyError: 'cache_bytes'", id="a bug"),
+    ],
+)
+def test_a_failure_in_the_driver_is_reported_by_gc(
+    store: ModuleStore, failure: Exception, shown: str
+) -> None:
     def broken(_settings: CacheSettings, _dry_run: bool) -> dict[str, Any]:
-        raise OSError(5, "Input/output error")
+        raise failure
 
     started = GcListener(store, broken)
     started.start()
@@ -181,9 +195,7 @@ def test_a_failure_in_the_driver_is_reported_by_gc(store: ModuleStore) -> None:
         assert gc_command(store.root, NOTHING, out=lines.append) == 1
     finally:
         started.close()
-    assert lines == [
-        "csi-wasm: the running driver could not collect: OSError: [Errno 5] Input/output error"
-    ]
+    assert lines == [f"csi-wasm: the running driver could not collect: {shown}"]
 
 
 def test_a_driver_that_does_not_answer_is_reported_not_bypassed(store: ModuleStore) -> None:

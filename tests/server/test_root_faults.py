@@ -9,6 +9,7 @@ from a seam (tests/test_node.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 from support.disks import Tmpfs, tmpfs
-from support.driver import DriverProcess, NodeDirs, connect, in_process
+from support.driver import DriverProcess, NodeDirs, connect, in_process, wait_for
 from support.kubelet import Kubelet, rpc_error
 from support.oci import push_wasm_artifact
 from support.registry import Registry
@@ -63,6 +64,19 @@ def run_cli(*args: str, without: str = "") -> subprocess.CompletedProcess[str]:
         cwd="/",
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
+
+
+@contextlib.contextmanager
+def out_of_descriptors(pid: int) -> Iterator[None]:
+    """Process ``pid`` can open no new file descriptor (its soft limit: its lowest free one)."""
+    limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    used = {int(name) for name in os.listdir(f"/proc/{pid}/fd")}
+    lowest_free = min(set(range(len(used) + 1)) - used)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (lowest_free, limits[1]))
+    try:
+        yield
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
 
 
 def one_line(stderr: str) -> str:
@@ -196,14 +210,10 @@ def test_a_driver_out_of_file_descriptors_is_unavailable_and_recovers(
     try:
         with connect(node_dirs) as kubelet:
             kubelet.publish(kubelet.new_pod(name="first"), {"url": modules["one"]})
-            limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
-            resource.prlimit(pid, resource.RLIMIT_NOFILE, (0, limits[1]))  # no new descriptor
-            try:
+            pod = kubelet.new_pod(name="second")
+            with out_of_descriptors(pid):
                 assert not ready(kubelet)
-                pod = kubelet.new_pod(name="second")
                 code, message = rpc_error(lambda: kubelet.publish(pod, {"url": modules["one"]}))
-            finally:
-                resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
             assert code == grpc.StatusCode.UNAVAILABLE
             assert message.startswith(f"{node_dirs.root}/")
             assert "Too many open files; the driver ran out of file descriptors" in message
@@ -213,3 +223,37 @@ def test_a_driver_out_of_file_descriptors_is_unavailable_and_recovers(
     finally:
         driver.kill()
     assert "Traceback" not in driver.log()
+
+
+def test_gc_beside_a_driver_out_of_descriptors_says_so_in_one_line_and_works_once_repaired(
+    node_dirs: NodeDirs, registry: Registry
+) -> None:
+    driver = DriverProcess(node_dirs, ["--insecure-registry", registry.host]).start()
+    assert driver.process is not None
+    pid = driver.process.pid
+    gc = ("gc", "--root", str(node_dirs.root))
+    try:
+        wait_for(lambda: '"msg": "serving"' in driver.log(), what="the driver to finish starting")
+        with out_of_descriptors(pid):
+            # accept(2) took its descriptor before the limit came down: the collection fails
+            failed = run_cli(*gc)
+            wait_for(
+                lambda: "accepting gc requests failed" in driver.log(),
+                timeout=30,
+                what="the driver's next accept failing",
+            )
+        worked = run_cli(*gc)
+    finally:
+        driver.kill()
+    assert failed.returncode == 1
+    assert one_line(failed.stdout + failed.stderr) == (  # gc prints everything on stdout
+        f"csi-wasm: the running driver could not collect: {node_dirs.root / '.lock'}: "
+        "Too many open files; the driver ran out of file descriptors: raise its open-file "
+        "limit (ulimit -n, LimitNOFILE)"
+    )
+    assert worked.returncode == 0, worked.stderr
+    assert worked.stdout.splitlines()[-1].startswith("freed 0 bytes in 0 module(s)")
+    log = driver.log()
+    assert log.count("accepting gc requests failed") == 1  # retried every second, told once
+    assert "accepting gc requests works again" in log
+    assert "Traceback" not in log
