@@ -171,7 +171,7 @@ class Transport:
                     )
                 raise HostUnavailable(
                     f"registry {host} is unavailable while {what}: {last} "
-                    f"(after {attempts} attempts); kubelet will retry"
+                    f"(after {attempts} attempt{'s' if attempts > 1 else ''}); kubelet will retry"
                 ) from outcome.cause
             delay = self._backoff(attempt)
             if outcome.retry_after is not None:

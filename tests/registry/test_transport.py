@@ -169,7 +169,7 @@ def test_a_mirror_gets_one_attempt_and_the_mirror_timeout(
     )
     with pytest.raises(HostUnavailable) as caught:
         get(transport, f"{fake.url}/x")
-    assert "after 1 attempts" in str(caught.value)
+    assert "(after 1 attempt)" in str(caught.value)
     assert len(fake.requests_to("/x")) == 1
     assert sleeps.calls == []
 
