@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +23,13 @@ class LoopbackNode:
 
 
 @contextmanager
-def loopback_node(title: str) -> Iterator[LoopbackNode]:
+def loopback_node(title: str, extra_args: Sequence[str] = ()) -> Iterator[LoopbackNode]:
     """Start both, print ``title`` with the machine, and clean up mounts and processes."""
     with tempfile.TemporaryDirectory(prefix="csi-wasm-bench-") as work:
         base = Path(work)
         registry = Registry(base / "registry").start()
         dirs = NodeDirs(base / "node")
-        driver = DriverProcess(dirs, ["--insecure-registry", registry.host]).start()
+        driver = DriverProcess(dirs, ["--insecure-registry", registry.host, *extra_args]).start()
         machine = " ".join(platform.uname()[i] for i in (0, 2, 4))
         print(f"{title}: {machine}, {os.cpu_count()} cores, loopback registry")
         try:

@@ -23,7 +23,13 @@ from csi_wasm.reference import Reference
 from csi_wasm.registry import Keychain, RegistryClient
 from csi_wasm.verify.keys import Authority
 from csi_wasm.verify.policy import NO_REQUIREMENT, Policy, Requirement
-from csi_wasm.verify.signatures import Outcome, RegistryArtifacts, discover, judge
+from csi_wasm.verify.signatures import (
+    Outcome,
+    RegistryArtifacts,
+    discover,
+    judge,
+    sufficient,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +100,10 @@ class SignatureGate:
         (UNAVAILABLE, ...) propagate as they are.
         """
         artifacts = RegistryArtifacts(self._registry, route, keychain, deadline)
+        enough = sufficient(self._authorities, requirement)
         try:
-            outcome = judge(discover(artifacts, digest), self._authorities, requirement, shown)
+            findings = discover(artifacts, digest, enough)
+            outcome = judge(findings, self._authorities, requirement, shown)
         except SignatureRejected:
             self._observe("rejected", "none")
             raise

@@ -111,11 +111,18 @@ class Findings:
     sig_tag_seen: bool = False
 
 
-def discover(artifacts: Artifacts, digest: str) -> Findings:
-    """Collect the signatures of ``digest``: bundles among its referrers, then its .sig tag."""
+def discover(
+    artifacts: Artifacts, digest: str, enough: Callable[[Findings], bool] | None = None
+) -> Findings:
+    """Collect the signatures of ``digest``: bundles among its referrers, then its .sig tag.
+
+    The .sig tag is not asked for when ``enough`` says the bundles already suffice (as
+    cosign 3 falls back to it only when they do not).
+    """
     found = Findings()
     _bundles(artifacts, digest, found)
-    _simple_signatures(artifacts, digest, found)
+    if enough is None or not enough(found):
+        _simple_signatures(artifacts, digest, found)
     return found
 
 
@@ -194,6 +201,21 @@ class Outcome:
 def demands_met(requirement: Requirement, verified: set[str] | frozenset[str]) -> bool:
     """True when every demand has a signature by one of its keys."""
     return all(any(k in verified for k in d.keys) for d in requirement.demands)
+
+
+def sufficient(
+    authorities: Mapping[str, Authority], requirement: Requirement
+) -> Callable[[Findings], bool]:
+    """For :func:`discover`: do the signatures found so far meet every demand?"""
+
+    def enough(findings: Findings) -> bool:
+        try:
+            outcome = judge(findings, authorities, requirement, "")
+        except SignatureRejected:
+            return False
+        return outcome.warning is None
+
+    return enough
 
 
 def judge(

@@ -134,9 +134,13 @@ def test_signed_module_is_served_and_a_warm_publish_asks_nothing(
     module = pushed(registry, repo)
     (sign_a if layout == "simplesigning" else sign_b)(registry, module, signer)
     first = node.kubelet.new_pod()
+    cold = registry.mark()
     node.kubelet.publish(first, {"url": module.reference, "imagePullPolicy": "IfNotPresent"})
     assert (first.target / "plugin.wasm").read_bytes() == make_module(4096, "m")
     assert node.checks("verified", layout) == 1
+    # a valid bundle suffices: the .sig tag is then not asked for (as cosign 3)
+    sig_gets = registry.manifest_gets(signature_tag(module.manifest_digest), since=cold)
+    assert sig_gets == (1 if layout == "simplesigning" else 0)
 
     before = registry.mark()
     node.kubelet.publish(
