@@ -51,6 +51,7 @@ FULL: dict[str, Any] = {
     ],
     "nodeDockerConfig": "node-pull-secret",
     "logLevel": "debug",
+    "defaultAbi": "any",
     "extraArgs": ["--pull-timeout=5m", "--max-module-bytes=1048576"],
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
     "prefetch": [
@@ -343,6 +344,7 @@ def test_registry_options_become_args_and_mounts(helm: Path) -> None:
         "ghcr.io=ghcr-mirror.corp.test:8443",
     ]
     assert args["--log-level"] == ["debug"]
+    assert args["--default-abi"] == ["any"]
     assert driver["args"][-2:] == ["--pull-timeout=5m", "--max-module-bytes=1048576"]
 
     # CA bundle: ConfigMap key -> file in a read-only mount -> --registry-ca.
@@ -558,6 +560,7 @@ def test_scheduling_values(helm: Path) -> None:
         {"kubeletDir": "/var/lib/kubelet"},  # misspelt key
         {"image": {"digest": "latest"}},
         {"logLevel": "verbose"},
+        {"defaultAbi": "wasi"},
         {"driverName": "Wasm_Driver"},
         {"kubeletRootDir": "relative/path"},
         {"registryMirrors": [{"source": "docker.io"}]},

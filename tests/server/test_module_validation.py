@@ -304,3 +304,20 @@ def test_mutated_modules_are_served_or_refused_never_internal(
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
     else:
         assert (pod.target / "plugin.wasm").read_bytes() == module
+
+
+def test_the_demo_filter_is_served_in_both_packagings(
+    served: tuple[Driver, Kubelet], registry: Registry, unique_repo: str
+) -> None:
+    # A real proxy-wasm filter (AssemblyScript SDK, ABI 0.2.0), built by demo/filter/build.sh.
+    _, kubelet = served
+    demo = (
+        Path(__file__).resolve().parents[2] / "demo" / "filter" / "add-header.wasm"
+    ).read_bytes()
+    for pushed in (
+        push_wasm_artifact(registry, unique_repo, "artifact", demo),
+        push_compat_image(registry, unique_repo, "compat", demo),
+    ):
+        pod = kubelet.new_pod()
+        kubelet.publish(pod, {"url": pushed.reference})
+        assert (pod.target / "plugin.wasm").read_bytes() == demo
