@@ -185,6 +185,7 @@ class Lookup:
     module: PulledModule | None = None
     check: _Check | None = None
     pull: _Pull | None = None
+    warning: str | None = None  # for the module, whatever the pull says (a URL's)
 
 
 class PullObserver(Protocol):
@@ -288,9 +289,12 @@ class Puller:
                 request.sha256, None, from_cache=True, abi=abi, where=display_url(source.url)
             )
             self._observe_lookup(cached)
+            # Enforced demands were refused above; warn-only ones cannot be checked either.
+            warning = _unverifiable_url(source, requirement)
             if cached is not None:
-                return Lookup(module=cached)
-            return Lookup(pull=self._join_or_start(source, request.sha256, None, None, abi))
+                return Lookup(module=cached, warning=warning)
+            pull = self._join_or_start(source, request.sha256, None, None, abi)
+            return Lookup(pull=pull, warning=warning)
         keychain = _merge(pod_keychain, self._node_keychain)
         requester = pod_keychain.for_registry(source.registry) if pod_keychain else None
         if request.pull_policy is PullPolicy.IF_NOT_PRESENT:
@@ -342,7 +346,7 @@ class Puller:
     def _collect(self, lookup: Lookup) -> PulledModule:
         if lookup.pull is None:
             assert lookup.module is not None
-            return lookup.module
+            return _warned(lookup.module, lookup.warning)
         pull = lookup.pull
         try:
             if not pull.future.done():
@@ -355,7 +359,7 @@ class Puller:
             # (unless another process, `csi-wasm gc` or `fsck`, removed it).
             if not self._store.pin(result.digest):
                 raise _vanished(result.digest)
-            return result
+            return _warned(result, lookup.warning)
         finally:
             self._leave(pull)
 
@@ -788,6 +792,19 @@ def _hex(digest: str) -> str:
 
 def _disk_full(error: BaseException) -> bool:
     return isinstance(error, ResourceExhausted) or is_disk_full(error)
+
+
+def _unverifiable_url(source: HttpSource, requirement: Requirement) -> str | None:
+    if not requirement:
+        return None
+    return (
+        f"{display_url(source.url)}: a warn rule asks for a signature, but a module fetched "
+        "by URL has none to check"
+    )
+
+
+def _warned(module: PulledModule, warning: str | None) -> PulledModule:
+    return module if warning is None else dataclasses.replace(module, warning=warning)
 
 
 def _vanished(module_hex: str) -> Unavailable:

@@ -35,7 +35,7 @@ from csi_wasm.errors import (
 from csi_wasm.mounts import KernelMounter
 from csi_wasm.node import NodeService, PublishRequest
 from csi_wasm.puller import Lookup, PulledModule, Puller
-from csi_wasm.registry import Keychain, RegistryClient, RegistryOptions
+from csi_wasm.registry import Keychain, RegistryClient, RegistryOptions, display_url
 from csi_wasm.settings import PullSettings
 from csi_wasm.verify.gate import SignatureGate
 from csi_wasm.verify.keys import parse_public_key
@@ -225,6 +225,7 @@ def test_signature_failures_are_reported_as_signature_events(
     rules = (
         f'rules:\n- {{match: "{registry.host}/{unique_repo}/enforced", keys: [team-a]}}\n'
         f'- {{match: "{registry.host}/{unique_repo}/warned", keys: [team-a], mode: warn}}\n'
+        f'- {{match: "{registry.host}/v2/{unique_repo}/warned/**", keys: [team-a], mode: warn}}\n'
     )
     settings = PullSettings(insecure_registries=frozenset({registry.host}))
     records = VolumeRecords(node_dirs.root / "volumes")
@@ -242,6 +243,10 @@ def test_signature_failures_are_reported_as_signature_events(
         with pytest.raises(SignatureRejected) as refused:
             service.publish(_request(_pod(node_dirs, "a"), enforced.reference), wait=30)
         service.publish(_request(_pod(node_dirs, "b"), warned.reference), wait=30)
+        blob_url = f"http://{registry.host}/v2/{unique_repo}/warned/blobs/{warned.layer_digest}"
+        url_pod = _pod(node_dirs, "c")
+        service.publish(_request(url_pod, blob_url, sha256=warned.module_sha256), wait=30)
+        assert (url_pod.target / "plugin.wasm").read_bytes() == module
     finally:
         client.close()
     assert events.seen[0] == ("SignatureVerificationFailed", "team/a", refused.value.message)
@@ -249,6 +254,12 @@ def test_signature_failures_are_reported_as_signature_events(
     assert (reason, pod) == ("SignatureVerificationFailed", "team/b")
     assert message.startswith(f"{warned.reference}: rule ") and "0 of 0 signatures" in message
     assert events.seen[2][0] == "Pulled"
+    assert events.seen[3] == (
+        "SignatureVerificationFailed",
+        "team/c",
+        f"{display_url(blob_url)}: a warn rule asks for a signature, but a module fetched by URL "
+        "has none to check",
+    )
 
 
 class FailingDisk(VolumeRecords):

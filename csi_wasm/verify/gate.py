@@ -67,7 +67,7 @@ class SignatureGate:
         )
         if isinstance(source, HttpSource) and needed.enforced:
             raise SignatureRejected(
-                f"{name} must carry a verified signature, but a module fetched by https URL "
+                f"{name} must carry a verified signature, but a module fetched by URL "
                 "has none to check; publish it to an OCI registry and sign it with cosign"
             )
         return needed

@@ -250,7 +250,7 @@ def test_https_module_under_an_enforcing_rule_is_refused(start_node: StartNode) 
         lambda: node.kubelet.publish(node.kubelet.new_pod(), {"url": url, "sha256": "a" * 64})
     )
     assert code == grpc.StatusCode.FAILED_PRECONDITION
-    assert "fetched by https URL has none to check" in message
+    assert "fetched by URL has none to check" in message
 
 
 def test_unmatched_deny(start_node: StartNode, registry: Registry, unique_repo: str) -> None:
