@@ -110,6 +110,37 @@ def parse_attributes(volume_context: Mapping[str, str]) -> ModuleRequest:
     )
 
 
+CATALOG = "catalog"
+NODE_CATALOG = "node"
+CATALOGS = (NODE_CATALOG,)
+
+
+def parse_catalog(volume_context: Mapping[str, str]) -> str | None:
+    """The catalog a volume asks for (``catalog: node``); None when it asks for a module.
+
+    A catalog volume shows every module of the node's catalog (CONTRACT.md §10), so
+    it takes none of a module's attributes; INVALID_ARGUMENT otherwise.
+    """
+    if CATALOG not in volume_context:
+        return None
+    clashing = [
+        key for key in volume_context if key != CATALOG and not key.startswith(KUBELET_PREFIX)
+    ]
+    if clashing:
+        raise InvalidArgument(
+            f"volume attribute 'catalog' excludes {', '.join(map(repr, sorted(clashing)))}: "
+            "a catalog volume shows the node catalog's modules; ask for one module with "
+            "'url', or for the catalog alone"
+        )
+    value = volume_context[CATALOG].strip()
+    if value not in CATALOGS:
+        raise InvalidArgument(
+            f"catalog {value[:80]!r} does not exist; the only catalog is {NODE_CATALOG!r} "
+            f"(volumeAttributes: {{catalog: {NODE_CATALOG}}})"
+        )
+    return value
+
+
 def parse_source(url: str) -> ModuleSource:
     lowered = url.lower()
     if lowered.startswith(("https://", "http://")):

@@ -104,6 +104,7 @@ class PublishResult:
     from_cache: bool
     already_published: bool
     warning: str | None = None  # a signature check failed under a warn rule
+    catalog: str | None = None  # a catalog volume: no module of its own
 
 
 class NodeService:
@@ -114,8 +115,10 @@ class NodeService:
         records: VolumeRecords,
         mounter: Mounter,
         events: EventRecorder | None = None,
+        catalogs: Mapping[str, Path] | None = None,
     ) -> None:
         self._pods_dir = pods_dir.resolve()
+        self._catalogs = dict(catalogs or {})  # name -> the directory a catalog volume shows
         self._events = events or NullRecorder()
         self._modules = modules
         self._records = records
@@ -141,7 +144,7 @@ class NodeService:
             raise
         if result.warning:
             self._events.failed(pod, REASON_SIGNATURE_FAILED, result.warning)
-        if not result.already_published:
+        if not result.already_published and result.catalog is None:
             url = request.volume_context.get(attributes.URL, "")
             self._events.pulled(
                 pod,
@@ -178,6 +181,10 @@ class NodeService:
                 "block volumes are not supported: a Wasm module is mounted as a directory; "
                 "use a mount (filesystem) volume"
             )
+        pod = str(attributes.pod_info(request.volume_context))
+        catalog = attributes.parse_catalog(request.volume_context)
+        if catalog is not None:
+            return self._publish_catalog(volume_id, target, catalog, pod)
         module_request = attributes.parse_attributes(request.volume_context)
         wanted = VolumeRecord(
             volume_id=volume_id,
@@ -185,7 +192,7 @@ class NodeService:
             url=request.volume_context[attributes.URL],
             sha256=module_request.sha256,
             module="",
-            pod=str(attributes.pod_info(request.volume_context)),
+            pod=pod,
         )
         existing = self._records.get(volume_id)
         if existing is not None:
@@ -204,10 +211,34 @@ class NodeService:
         module = self._modules.collect(prepared.lookup)
         try:
             record = VolumeRecord(**{**prepared.wanted.__dict__, "module": module.digest})
-            self._mount(record, module, prepared.target)
+            self._mount(record, module.path, prepared.target)
         finally:
             self._modules.release(module)  # the record (or nothing) holds it now
         return PublishResult(module.digest, module.size, module.from_cache, False, module.warning)
+
+    def _publish_catalog(
+        self, volume_id: str, target: Path, catalog: str, pod: str
+    ) -> PublishResult:
+        """Bind the catalog's directory at once: what it holds now, updated in place later.
+
+        Done in the prepare step (the volume is locked): no registry is asked and nothing
+        is waited for, so a pod's start never depends on a registry (CONTRACT.md §10).
+        """
+        source = self._catalogs.get(catalog)
+        if source is None:
+            raise FailedPrecondition(f"catalog {catalog!r} is not served by this driver")
+        wanted = VolumeRecord(volume_id, os.fspath(target), "", None, "", pod, catalog=catalog)
+        existing = self._records.get(volume_id)
+        if existing is not None:
+            if not existing.matches(wanted):
+                raise AlreadyExists(
+                    f"volume {volume_id} is already published at {existing.target_path} "
+                    f"as another volume; unpublish it first"
+                )
+            if _is_read_only(self._mounter.find_mount(target)):
+                return PublishResult("", 0, True, already_published=True, catalog=catalog)
+        self._mount(wanted, source, target)
+        return PublishResult("", 0, True, already_published=False, catalog=catalog)
 
     def unpublish(self, volume_id: str, target_path: str) -> None:
         volume_id = _require(volume_id, "volume_id")
@@ -220,7 +251,7 @@ class NodeService:
             if existing is not None and existing.module:
                 self._modules.unused(existing.module)
 
-    def _mount(self, record: VolumeRecord, module: PulledModule, target: Path) -> None:
+    def _mount(self, record: VolumeRecord, source: Path, target: Path) -> None:
         self._records.put(record)  # first: after a crash, unpublish still finds it
         try:
             try:
@@ -234,15 +265,15 @@ class NodeService:
                 if self._mounter.find_mount(target) is not None:
                     self._mounter.unmount(target)
             try:
-                self._mounter.bind_read_only(module.path, target)
+                self._mounter.bind_read_only(source, target)
             except FileNotFoundError:
-                if module.path.exists():
+                if source.exists():
                     raise
                 raise Unavailable(
-                    f"module sha256:{module.digest} was removed from the cache while being "
+                    f"module sha256:{record.module} was removed from the cache while being "
                     "published (csi-wasm gc or fsck running?); kubelet's retry will fetch it again"
                 ) from None
-            self._verify(module.path, target)
+            self._verify(source, target)
         except BaseException:
             self._mounter.unmount(target)
             _remove_target(target)

@@ -17,6 +17,7 @@ from csi_wasm.attributes import (
     PodInfo,
     PullPolicy,
     parse_attributes,
+    parse_catalog,
     parse_source,
     pod_info,
 )
@@ -312,3 +313,23 @@ def test_unknown_abi_is_invalid_argument(value: str) -> None:
 
 def test_empty_abi_is_the_node_default() -> None:
     assert parse_attributes({"url": "ghcr.io/a/b:v1", "abi": " "}).abi is None
+
+
+# --- the catalog volume -----------------------------------------------------------------
+
+
+def test_a_catalog_volume_names_its_catalog() -> None:
+    assert parse_catalog({"catalog": "node", POD_NAME: "web-0"}) == "node"
+    assert parse_catalog({"url": "oci://r.io/a:v1"}) is None
+
+
+@pytest.mark.parametrize("key", ["url", "sha256", "imagePullPolicy", "colour"])
+def test_a_catalog_volume_takes_no_other_attribute(key: str) -> None:
+    with pytest.raises(InvalidArgument, match=f"'catalog' excludes '{key}'"):
+        parse_catalog({"catalog": "node", key: "x"})
+
+
+@pytest.mark.parametrize("name", ["cluster", "", "Node", "../node"])
+def test_an_unknown_catalog_is_refused_naming_node(name: str) -> None:
+    with pytest.raises(InvalidArgument, match="the only catalog is 'node'"):
+        parse_catalog({"catalog": name})

@@ -12,7 +12,8 @@ The driver may have been upgraded under running pods, killed, or the node reboot
   (e.g. a crash between the mount and a record rewrite, or records lost with a
   rebuilt ``--root`` whose modules were kept) is *adopted*: a record is written
   with what the mount tells (target, module digest; the url is unknown), so a later
-  NodeUnpublishVolume, and garbage collection, see it. The volume id is kubelet's
+  NodeUnpublishVolume, and garbage collection, see it (a mount of a catalog's
+  directory is adopted as a catalog volume). The volume id is kubelet's
   for inline volumes, ``csi-<sha256(pod uid + volume name)>``, read off the target
   path; a mount whose path does not follow kubelet's layout is only reported;
 * index entries that lead to no stored module are dropped.
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from csi_wasm.cache.store import ModuleStore, is_sha256_hex
 from csi_wasm.cache.volumes import VolumeRecord, VolumeRecords
+from csi_wasm.catalog.directory import catalog_dir
 from csi_wasm.mounts import MOUNTINFO, MountEntry, MountTable, SourcePath
 
 log = logging.getLogger(__name__)
@@ -97,15 +99,17 @@ def reconcile(
         )
         if source is not None
     ]
+    catalogs = table.source_of(catalog_dir(store.root).parent)
     adopted: list[VolumeRecord] = []
     unknown: list[str] = []
     for entry in table.under(pods_dir):
         if entry.mount_point in kept or table.at(entry.mount_point) is not entry:
             continue  # recorded, or covered by another mount
         digest = _our_module(entry, ours)
-        if digest is None:
+        catalog = catalogs.child(entry) if catalogs is not None and digest is None else None
+        if digest is None and catalog is None:
             continue  # not ours
-        adoption = _adoption(records, pods_dir, entry.mount_point, digest)
+        adoption = _adoption(records, pods_dir, entry.mount_point, digest or "", catalog)
         if adoption is None:
             unknown.append(entry.mount_point)
             continue
@@ -136,7 +140,7 @@ def _our_module(entry: MountEntry, ours: list[SourcePath]) -> str | None:
 
 
 def _adoption(
-    records: VolumeRecords, pods_dir: Path, target: str, digest: str
+    records: VolumeRecords, pods_dir: Path, target: str, digest: str, catalog: str | None
 ) -> VolumeRecord | None:
     identified = kubelet_volume_id(pods_dir, target)
     if identified is None:
@@ -152,6 +156,7 @@ def _adoption(
         module=digest,
         pod=f"uid:{uid}",
         adopted=True,
+        catalog=catalog,
     )
 
 
@@ -166,7 +171,8 @@ def _log(report: ReconcileReport) -> None:
                 "fields": {
                     "target_path": record.target_path,
                     "volume_id": record.volume_id,
-                    "digest": f"sha256:{record.module}",
+                    "digest": f"sha256:{record.module}" if record.module else None,
+                    "catalog": record.catalog,
                 }
             },
         )

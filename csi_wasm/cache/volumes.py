@@ -32,13 +32,17 @@ class VolumeRecord:
     # Written at start-up for a mount of ours found without a record: the url is not
     # known (see csi_wasm.cache.reconcile).
     adopted: bool = False
+    # A catalog volume (``catalog: node``) shows a catalog's directory, not one module
+    # (``module`` is empty): see csi_wasm.catalog.
+    catalog: str | None = None
 
     def same_request(self, other: VolumeRecord) -> bool:
         """True when ``other`` asks for the same thing at the same place."""
-        return (self.target_path, self.url, self.sha256) == (
+        return (self.target_path, self.url, self.sha256, self.catalog) == (
             other.target_path,
             other.url,
             other.sha256,
+            other.catalog,
         )
 
     def matches(self, request: VolumeRecord) -> bool:

@@ -21,10 +21,10 @@ import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
+from csi_wasm.attributes import NODE_CATALOG
 from csi_wasm.cache.store import is_sha256_hex
 
 SUFFIX = ".wasm"
-NODE_CATALOG = "node"
 
 
 def catalog_dir(root: Path, catalog: str = NODE_CATALOG) -> Path:

@@ -28,6 +28,7 @@ import grpc
 from csi_wasm import __version__
 from csi_wasm._proto import csi_pb2_grpc
 from csi_wasm.access import AccessRecords
+from csi_wasm.attributes import NODE_CATALOG
 from csi_wasm.cache.gc import CacheCollector, GcLoop, PinHandover, log_report
 from csi_wasm.cache.gc_requests import GcListener
 from csi_wasm.cache.reconcile import reconcile
@@ -210,7 +211,10 @@ def start(settings: ServeSettings) -> Driver:
     events = recorder_from_environment(
         node.node_id, driver_name=node.driver_name, kubeconfig=settings.kubeconfig
     )
-    service = NodeService(node.pods_dir, puller, records, KernelMounter(), events)
+    catalog = open_catalog(settings, store, collector, metrics)
+    service = NodeService(
+        node.pods_dir, puller, records, KernelMounter(), events, {NODE_CATALOG: catalog.path}
+    )
 
     def snapshot() -> StateSnapshot:
         cache_bytes, cache_modules = store.usage()
@@ -235,7 +239,6 @@ def start(settings: ServeSettings) -> Driver:
     server = loop.run(_open_server(identity, node_servicer, path))
     gc = GcLoop(collector, settings.cache.gc_interval, log_report)
     gc.start()
-    catalog = open_catalog(settings, store, collector, metrics)
     prefetcher, lists = _start_prefetch(settings, puller, collector, metrics, catalog, events)
     log.info(
         "serving",

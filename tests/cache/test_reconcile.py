@@ -15,6 +15,7 @@ from support.wasm import make_module
 from csi_wasm.cache.reconcile import kubelet_volume_id, reconcile
 from csi_wasm.cache.store import ModuleStore
 from csi_wasm.cache.volumes import VolumeRecord, VolumeRecords
+from csi_wasm.catalog.directory import catalog_dir
 from csi_wasm.mounts import bind_read_only, find_mount, unmount
 
 
@@ -151,3 +152,24 @@ def test_prepares_a_fresh_root(tmp_path: Path) -> None:
     report = reconcile(store, records, tmp_path / "kubelet" / "pods")
     assert report.records == 0
     assert store.usable() and records.directory.is_dir()
+
+
+def test_a_catalog_mount_without_record_is_adopted_as_a_catalog_volume(
+    node_dirs: NodeDirs, store: ModuleStore, records: VolumeRecords
+) -> None:
+    directory = catalog_dir(node_dirs.root)
+    directory.mkdir(parents=True)
+    pod = new_pod(node_dirs)
+    pod.target.mkdir()
+    bind_read_only(directory, pod.target)
+
+    report = reconcile(store, records, node_dirs.kubelet_dir / "pods")
+
+    [adopted] = report.adopted
+    assert (adopted.volume_id, adopted.module, adopted.catalog, adopted.adopted) == (
+        pod.volume_id,
+        "",
+        "node",
+        True,
+    )
+    assert records.modules() == set()  # GC keeps nothing for it: the catalog pins its own

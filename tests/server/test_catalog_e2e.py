@@ -7,10 +7,12 @@ import hashlib
 import json
 from pathlib import Path
 
+import grpc
 import pytest
 from support.apiserver import FakeConfigMapApiServer
-from support.driver import NodeDirs, in_process, wait_for
+from support.driver import DriverProcess, NodeDirs, connect, in_process, wait_for
 from support.kubeconfig import write_kubeconfig
+from support.kubelet import rpc_error
 from support.oci import push_wasm_artifact
 from support.registry import Registry
 from support.wasm import make_module
@@ -109,6 +111,116 @@ def test_entries_added_and_removed_in_the_file_appear_and_disappear_without_a_re
         rows = states(node_dirs)
         assert rows["../x"][0] == "failed" and "DNS label" in (rows["../x"][2] or "")
         assert sorted(p.name for p in directory.iterdir()) == ["b.wasm", "sha256"]
+
+
+# --- the catalog volume -----------------------------------------------------------------
+
+CATALOG_VOLUME = {"catalog": "node"}
+
+
+def mount_line(target: Path) -> tuple[int, set[str]]:
+    """(mount id, mount options) of the mount at ``target``, from /proc/self/mountinfo."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == str(target):
+            return int(fields[0]), set(fields[5].split(","))
+    raise AssertionError(f"nothing is mounted at {target}")
+
+
+def test_a_pod_mounting_the_catalog_sees_a_moved_tag_without_a_remount(
+    node_dirs: NodeDirs, registry: Registry, unique_repo: str
+) -> None:
+    v1 = push_wasm_artifact(registry, unique_repo, "stable", make_module(4096, "vol-v1"))
+    listed = node_dirs.base / "prefetch.json"
+    write_list(listed, [{"name": "add-header", "url": f"oci://{v1.reference}"}])
+
+    with in_process(node_dirs, catalog_settings(node_dirs, registry, listed)) as (_, kubelet):
+        pod = kubelet.new_pod()
+        kubelet.publish(pod, CATALOG_VOLUME)
+        shown = pod.target / "add-header.wasm"
+        wait_for(lambda: hash_of(shown) == v1.module_sha256, timeout=30, what="v1 in the pod")
+        mount_id, options = mount_line(pod.target)
+        assert {"ro", "nosuid", "nodev", "noexec"} <= options
+
+        v2 = push_wasm_artifact(registry, unique_repo, "stable", make_module(4096, "vol-v2"))
+        wait_for(lambda: hash_of(shown) == v2.module_sha256, timeout=30, what="v2 in the pod")
+
+        assert mount_line(pod.target)[0] == mount_id  # the same mount: nothing remounted
+        by_digest = pod.target / "sha256"
+        assert hash_of(by_digest / f"{v1.module_sha256}.wasm") == v1.module_sha256
+        kubelet.publish(pod, CATALOG_VOLUME)  # idempotent
+        assert mount_line(pod.target)[0] == mount_id
+        kubelet.unpublish(pod)
+        assert not pod.target.exists()
+        assert not list((node_dirs.root / "volumes").iterdir())
+
+
+def test_a_catalog_volume_never_waits_on_a_registry_and_takes_no_module_attributes(
+    node_dirs: NodeDirs, registry: Registry
+) -> None:
+    listed = node_dirs.base / "prefetch.json"
+    write_list(listed, [{"name": "down", "url": "oci://127.0.0.1:9/acme/down:stable"}])
+
+    with in_process(node_dirs, catalog_settings(node_dirs, registry, listed)) as (_, kubelet):
+        pod = kubelet.new_pod()
+        kubelet.publish(pod, CATALOG_VOLUME, timeout=5)
+        assert sorted(p.name for p in pod.target.iterdir()) == ["sha256"]
+        clashes = [{"url": "oci://r.io/a:v1"}, {"sha256": "a" * 64}, {"imagePullPolicy": "Always"}]
+        for clash in clashes:
+            other = kubelet.new_pod()
+            code, message = rpc_error(
+                lambda: kubelet.publish(other, {**CATALOG_VOLUME, **clash})  # noqa: B023
+            )
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+            assert "excludes" in message
+        other = kubelet.new_pod()
+        code, message = rpc_error(lambda: kubelet.publish(other, {"catalog": "cluster"}))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "'cluster' does not exist; the only catalog is 'node'" in message
+
+
+def test_restart_and_kill_keep_every_catalog_mount_readable(
+    node_dirs: NodeDirs, registry: Registry, unique_repo: str
+) -> None:
+    v1 = push_wasm_artifact(registry, unique_repo, "stable", make_module(4096, "kill-v1"))
+    listed = node_dirs.base / "prefetch.json"
+    write_list(listed, [{"name": "f", "url": f"oci://{v1.reference}"}])
+    flags = [
+        "--insecure-registry", registry.host,
+        "--prefetch-file", str(listed),
+        "--prefetch-refresh", "0.5s",
+    ]  # fmt: skip
+    driver = DriverProcess(node_dirs, flags).start()
+    try:
+        with connect(node_dirs) as kubelet:
+            pods = [kubelet.new_pod(volume=f"catalog-{i}") for i in range(2)]
+            for pod in pods:
+                kubelet.publish(pod, CATALOG_VOLUME)
+            wait_for(
+                lambda: all(hash_of(p.target / "f.wasm") == v1.module_sha256 for p in pods),
+                timeout=30,
+                what="v1 in both pods",
+            )
+        ids = [mount_line(p.target)[0] for p in pods]
+        driver.kill()  # SIGKILL
+        assert all(hash_of(p.target / "f.wasm") == v1.module_sha256 for p in pods)
+        driver = DriverProcess(node_dirs, flags).start()
+        v2 = push_wasm_artifact(registry, unique_repo, "stable", make_module(4096, "kill-v2"))
+        wait_for(
+            lambda: all(hash_of(p.target / "f.wasm") == v2.module_sha256 for p in pods),
+            timeout=30,
+            what="v2 in both pods after the restart",
+        )
+        assert [mount_line(p.target)[0] for p in pods] == ids
+        assert driver.terminate() == 0
+        assert all(hash_of(p.target / "f.wasm") == v2.module_sha256 for p in pods)
+        driver = DriverProcess(node_dirs, flags).start()
+        with connect(node_dirs) as kubelet:
+            for pod in pods:
+                kubelet.unpublish(pod)
+                assert not pod.target.exists()
+    finally:
+        driver.kill()
 
 
 def test_a_configmap_list_through_a_kubeconfig_and_a_warning_event_for_a_bad_name(
