@@ -44,7 +44,7 @@ KUBERNETES_VERSIONS = ("1.30.0", "1.35.0")
 # API groups served by CRDs: no Kubernetes schema for them.
 CRD_GROUPS = frozenset({"monitoring.coreos.com", "extensions.istio.io"})
 # Keys a csi-wasm volume accepts in volumeAttributes (CONTRACT.md section 2).
-VOLUME_ATTRIBUTES = frozenset({"url", "sha256", "imagePullPolicy"})
+VOLUME_ATTRIBUTES = frozenset({"url", "sha256", "imagePullPolicy", "catalog"})
 
 INSTALL_HINT = "run `bash .ci/install-deploy-tools.sh` (or set {var})"
 PIP_HINT = "pip install {package}"

@@ -56,6 +56,7 @@ FULL: dict[str, Any] = {
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
     "prefetch": [
         {"url": "oci://ghcr.io/acme/filters/add-header:v1.2.0"},
+        {"name": "rate-limit", "url": "oci://ghcr.io/acme/filters/local-rate-limit:stable"},
         {"url": "https://wasm.example.com/authz.wasm", "sha256": "cd" * 32},
     ],
     "verify": {
@@ -565,6 +566,9 @@ def test_scheduling_values(helm: Path) -> None:
         {"kubeletRootDir": "relative/path"},
         {"registryMirrors": [{"source": "docker.io"}]},
         {"prefetch": [{"url": "oci://x/y:1", "sha256": "nothex"}]},
+        {"prefetch": [{"name": "../x", "url": "oci://x/y:1"}]},
+        {"prefetch": [{"name": "Add-Header", "url": "oci://x/y:1"}]},
+        {"prefetch": [{"name": "x" * 64, "url": "oci://x/y:1"}]},
     ],
     ids=lambda v: next(iter(v)),
 )
@@ -585,6 +589,9 @@ def test_notes_show_the_first_wasmplugin() -> None:
     assert user_volumes, notes
     assert set(json.loads(user_volumes.group(1))) == {name}
     assert f"url: file://{volume_mount['mountPath']}/plugin.wasm" in notes
+
+    assert "volumeAttributes: {catalog: node}" in notes  # the node catalog
+    assert "csi-wasm catalog" in notes and "istio-catalog.yaml" in notes
 
     custom = helm_notes(helm, {"driverName": "wasm.example.org"})
     assert '"driver":"wasm.example.org"' in custom

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,11 @@ from .helm import (
     wasmplugin_errors,
 )
 
-EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml"))
+# Manifests; *-values.yaml files are Helm values (checked below, with what uses them).
+EXAMPLE_FILES = sorted(p for p in EXAMPLES.glob("*.yaml") if not p.name.endswith("-values.yaml"))
 ISTIO_EXAMPLES = ["sidecar-wasmplugin.yaml", "gateway-wasmplugin.yaml", "private-registry.yaml"]
+CATALOG_EXAMPLE = "istio-catalog.yaml"
+ISTIOD_VALUES = "istio-catalog-istiod-values.yaml"
 USER_VOLUME = "sidecar.istio.io/userVolume"
 USER_VOLUME_MOUNT = "sidecar.istio.io/userVolumeMount"
 
@@ -46,8 +50,9 @@ def example(name: str) -> list[Manifest]:
 
 def test_the_examples_are_there() -> None:
     assert sorted(p.name for p in EXAMPLE_FILES) == sorted(
-        [*ISTIO_EXAMPLES, "envoy-standalone.yaml"]
+        [*ISTIO_EXAMPLES, CATALOG_EXAMPLE, "envoy-standalone.yaml"]
     )
+    assert (EXAMPLES / ISTIOD_VALUES).is_file()
 
 
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
@@ -65,6 +70,9 @@ def test_csi_volumes_follow_the_contract(path: Path) -> None:
         assert csi["readOnly"] is True, where
         attributes = csi["volumeAttributes"]
         assert set(attributes) <= VOLUME_ATTRIBUTES, where
+        if "catalog" in attributes:
+            assert attributes == {"catalog": "node"}, where
+            continue
         assert attributes["url"].startswith(("oci://", "https://")), where
         assert "<" not in json.dumps(attributes), f"{where}: placeholder in {attributes}"
         assert pod.mount_paths(name), f"{where} is never mounted"
@@ -245,3 +253,89 @@ def test_pod_view_reads_both_volume_sources() -> None:
     assert set(view.csi_volumes()) == {"a", "b"}
     assert view.mount_paths("a") == {"/m/a"}
     assert view.mount_paths("b") == {"/m/b"}
+
+
+# --- the node catalog with Istio --------------------------------------------------------
+
+CATALOG_URL = re.compile(r"file://(?P<mount>/.+)/sha256/[0-9a-f]{64}\.wasm")
+
+
+def injection_template() -> Manifest:
+    """The ``csi-wasm`` injection template of the istiod values, as the patch it is."""
+    values = yaml.safe_load((EXAMPLES / ISTIOD_VALUES).read_text(encoding="utf-8"))
+    webhook = values["sidecarInjectorWebhook"]
+    assert set(values) == {"sidecarInjectorWebhook"}
+    assert webhook["defaultTemplates"] == ["sidecar", "csi-wasm"]
+    template: Manifest = yaml.safe_load(webhook["templates"]["csi-wasm"])
+    return template
+
+
+def injected(pod: PodView) -> PodView:
+    """``pod`` after istiod applied the csi-wasm template (volume + istio-proxy mount)."""
+    patch = injection_template()["spec"]
+    spec = copy.deepcopy(dict(pod.spec))
+    spec["volumes"] = [*spec.get("volumes", []), *patch["volumes"]]
+    spec["containers"] = [*spec["containers"], *patch["containers"]]
+    return PodView(pod.owner, pod.labels, pod.annotations, spec)
+
+
+def test_the_injection_template_is_a_valid_catalog_volume_on_istio_proxy() -> None:
+    patch = injection_template()
+    assert set(patch) == {"spec"} and set(patch["spec"]) == {"containers", "volumes"}
+    ((volume),) = patch["spec"]["volumes"]
+    assert volume["csi"] == {
+        "driver": DRIVER,
+        "readOnly": True,
+        "volumeAttributes": {"catalog": "node"},
+    }
+    ((proxy),) = patch["spec"]["containers"]
+    assert proxy["name"] == "istio-proxy"
+    ((mount),) = proxy["volumeMounts"]
+    assert (mount["name"], mount["readOnly"]) == (volume["name"], True)
+    # What the injector produces, checked as a real pod would be.
+    pod: Manifest = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "injected"},
+        "spec": {
+            "containers": [{**proxy, "image": "docker.io/istio/proxyv2:1.26.0"}],
+            "volumes": patch["spec"]["volumes"],
+        },
+    }
+    kubernetes_validate([pod], KUBERNETES_VERSIONS)
+
+
+def test_catalog_wasmplugins_are_pinned_by_digest_under_the_catalog_mount() -> None:
+    objs = example(CATALOG_EXAMPLE)
+    plugins = find(objs, "WasmPlugin")
+    assert len(plugins) == 2
+    for plugin in plugins:
+        name = plugin["metadata"]["name"]
+        assert wasmplugin_errors(plugin) == [], name
+        match = CATALOG_URL.fullmatch(plugin["spec"]["url"])
+        assert match, f"{name}: {plugin['spec']['url']} is not a catalog file by digest"
+        targets = selected_pods(plugin, pods(objs))
+        assert targets, f"WasmPlugin {name} selects no pod"
+        for target in targets:
+            templates = target.annotations.get("inject.istio.io/templates", "")
+            pod = target
+            if "csi-wasm" in templates.split(","):
+                assert templates == "sidecar,csi-wasm"
+                pod = injected(target)
+            catalogs = [
+                volume_name
+                for volume_name, csi in pod.csi_volumes().items()
+                if csi.get("volumeAttributes") == {"catalog": "node"}
+            ]
+            assert catalogs, f"{pod.owner} has no catalog volume"
+            proxy = container(pod.spec, "istio-proxy")
+            mounted = {m["mountPath"] for m in proxy["volumeMounts"] if m["name"] in catalogs}
+            assert match["mount"] in mounted, (pod.owner, mounted)
+
+
+def test_the_gateway_declares_the_catalog_itself() -> None:
+    objs = example(CATALOG_EXAMPLE)
+    gateway = next(p for p in pods(objs) if p.labels.get("istio") == "ingressgateway")
+    assert gateway.annotations["inject.istio.io/templates"] == "gateway"
+    ((csi),) = gateway.csi_volumes().values()
+    assert csi["volumeAttributes"] == {"catalog": "node"}
