@@ -10,16 +10,17 @@ from pathlib import Path
 import grpc
 import pytest
 from support.apiserver import FakeConfigMapApiServer
+from support.cosign import Signer, push_signature_tag, signed_layer, simplesigning_payload
 from support.driver import DriverProcess, NodeDirs, connect, in_process, wait_for
 from support.kubeconfig import write_kubeconfig
 from support.kubelet import rpc_error
 from support.oci import push_wasm_artifact
-from support.registry import Registry
+from support.registry import Registry, running_registry
 from support.wasm import make_module
 
 from csi_wasm.catalog.directory import catalog_dir
 from csi_wasm.catalog.status import read_status, status_path
-from csi_wasm.settings import CacheSettings, ServeSettings
+from csi_wasm.settings import CacheSettings, ServeSettings, VerifySettings
 
 REFRESH = 0.5  # seconds: --prefetch-refresh, and the file's poll interval
 
@@ -252,3 +253,61 @@ def test_a_configmap_list_through_a_kubeconfig_and_a_warning_event_for_a_bad_nam
     assert event["involvedObject"]["name"] == "prefetch"
     assert (event["type"], event["reason"]) == ("Warning", "InvalidCatalogEntry")
     assert "'Bad_Name'" in event["message"]
+
+
+# --- a new version that fails keeps the old one ------------------------------------------
+
+
+def test_an_unsigned_new_version_under_an_enforcing_rule_keeps_the_signed_one(
+    node_dirs: NodeDirs, registry: Registry, unique_repo: str, tmp_path: Path
+) -> None:
+    signer = Signer.p256()
+    key = signer.write_public(tmp_path / "team-a.pub")
+    policy = tmp_path / "policy.yaml"
+    repo = f"signed/{unique_repo}"
+    policy.write_text(
+        f'rules:\n- match: "{registry.host}/signed/**"\n  keys: [team-a]\n  mode: enforce\n'
+    )
+    v1 = push_wasm_artifact(registry, repo, "stable", make_module(4096, "signed-v1"))
+    payload = simplesigning_payload(v1.manifest_digest, v1.reference)
+    push_signature_tag(registry, repo, v1.manifest_digest, [signed_layer(signer, payload)])
+    listed = node_dirs.base / "prefetch.json"
+    write_list(listed, [{"name": "signed", "url": f"oci://{v1.reference}"}])
+    settings = dataclasses.replace(
+        catalog_settings(node_dirs, registry, listed),
+        verify=VerifySettings((f"team-a={key}",), str(policy)),
+    )
+    shown = catalog_dir(node_dirs.root) / "signed.wasm"
+
+    with in_process(node_dirs, settings):
+        wait_for(lambda: hash_of(shown) == v1.module_sha256, timeout=30, what="signed v1")
+        push_wasm_artifact(registry, repo, "stable", make_module(4096, "unsigned-v2"))
+        wait_for(
+            lambda: states(node_dirs)["signed"][0] == "failed",
+            timeout=30,
+            what="the unsigned version refused",
+        )
+        _, digest, reason = states(node_dirs)["signed"]
+        assert digest == v1.module_digest
+        assert reason and "sign" in reason
+        assert hash_of(shown) == v1.module_sha256
+
+
+def test_a_registry_that_goes_down_keeps_what_the_catalog_shows(
+    node_dirs: NodeDirs, tmp_path: Path
+) -> None:
+    listed = node_dirs.base / "prefetch.json"
+    shown = catalog_dir(node_dirs.root) / "f.wasm"
+    with running_registry(tmp_path / "own-registry") as own:
+        v1 = push_wasm_artifact(own, "acme/f", "stable", make_module(4096, "down-v1"))
+        write_list(listed, [{"name": "f", "url": f"oci://{v1.reference}"}])
+        with in_process(node_dirs, catalog_settings(node_dirs, own, listed)) as (_, kubelet):
+            wait_for(lambda: hash_of(shown) == v1.module_sha256, timeout=30, what="v1")
+            own.stop()
+            wait_for(lambda: states(node_dirs)["f"][0] == "failed", timeout=30, what="the outage")
+            _, digest, reason = states(node_dirs)["f"]
+            assert digest == v1.module_digest and reason
+            assert hash_of(shown) == v1.module_sha256
+            pod = kubelet.new_pod()
+            kubelet.publish(pod, CATALOG_VOLUME, timeout=5)  # never waits on the registry
+            assert hash_of(pod.target / "f.wasm") == v1.module_sha256
