@@ -70,6 +70,10 @@ def test_a_moved_tag_reaches_the_catalog_and_a_failing_version_keeps_the_old(
             lambda: states(node_dirs)["add-header"] == ("ready", v2.module_digest, None),
             what="v2 ready in the status",
         )
+        ready = driver.metrics.registry.get_sample_value(
+            "csi_wasm_catalog_entries", {"state": "ready"}
+        )
+        assert ready == 1.0
         # v1 stays under sha256/ for the grace period, and GC keeps both.
         driver.collector.collect()
         by_digest = catalog_dir(node_dirs.root) / "sha256"
