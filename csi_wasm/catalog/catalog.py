@@ -121,11 +121,16 @@ class Catalog:
             self._retire_unshown_locked(self._clock())
             self._save_locked()
 
-    def repair(self) -> None:
-        """Put back a name whose file went missing (fsck took out a damaged module)."""
+    def repair(self) -> list[ModuleRequest]:
+        """Put back a name whose file went missing (fsck took out a damaged module).
+
+        Returns the requests of entries left with no module: to be fetched again.
+        """
         with self._lock:
-            if self._repair_locked():
+            lost = self._repair_locked()
+            if lost:
                 self._save_locked()
+            return [entry.request for entry in lost if entry.request is not None]
 
     def expire(self) -> list[str]:
         """Remove modules retired longer than the grace period; returns their digests."""
@@ -306,8 +311,8 @@ class Catalog:
 
     # Internals; the caller holds the lock.
 
-    def _repair_locked(self) -> bool:
-        changed = False
+    def _repair_locked(self) -> list[_Entry]:
+        lost: list[_Entry] = []
         now = self._clock()
         for entry in self._named.values():
             if entry.digest is None or self._dir.shows(entry.name, entry.digest):
@@ -320,17 +325,19 @@ class Catalog:
             source = next((path for path in sources if path.is_file()), None)
             if source is not None:
                 self._dir.link_digest(entry.digest, source)
-                changed |= self._dir.link_name(entry.name, source)
+                self._dir.link_name(entry.name, source)
                 continue
-            changed = True
+            lost.append(entry)
             log.warning(
                 "catalog file missing and its module is no longer cached; it is fetched again",
                 extra={"fields": {"name": entry.name, "digest": f"sha256:{entry.digest}"}},
             )
             self._dir.unlink_name(entry.name)
             entry.digest = None
-            _set_state(entry, FAILED, "its module was removed (fsck found it damaged)", now)
-        return changed
+            _set_state(
+                entry, FAILED, "its module was removed (fsck found it damaged); fetching again", now
+            )
+        return lost
 
     def _retire_unshown_locked(self, now: float) -> None:
         shown = {entry.digest for entry in self._named.values() if entry.digest}

@@ -9,7 +9,7 @@
   restart does not empty the catalog.
 * :class:`CatalogRefresher` runs every ``interval`` seconds (``--prefetch-refresh``
   or 10 s, whichever is shorter): re-reads the file, puts back files fsck took out,
-  and expires retired modules.
+  and expires retired modules; an entry whose module fsck took out is fetched again.
 
 Tags themselves are re-resolved by the prefetcher (every ``--prefetch-refresh``).
 """
@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from csi_wasm.attributes import ModuleRequest
 from csi_wasm.catalog.catalog import Catalog
 from csi_wasm.faults import FaultLog
 from csi_wasm.prefetch.entries import PrefetchEntry, parse_prefetch_list
@@ -126,7 +127,9 @@ class CatalogRefresher:
         lists: PrefetchLists,
         prefetch_file: PrefetchFile | None,
         interval: float,
+        fetch_again: Callable[[list[ModuleRequest]], object] | None = None,
     ) -> None:
+        self._fetch_again = fetch_again
         self._catalog = catalog
         self._lists = lists
         self._file = prefetch_file
@@ -141,7 +144,9 @@ class CatalogRefresher:
                 entries, problems = changed
                 self._lists.report(FILE_SOURCE, problems)
                 self._lists.update(FILE_SOURCE, entries)
-        self._catalog.repair()
+        lost = self._catalog.repair()
+        if lost and self._fetch_again is not None:
+            self._fetch_again(lost)
         self._catalog.expire()
 
     def start(self) -> None:

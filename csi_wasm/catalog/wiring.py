@@ -16,7 +16,6 @@ from csi_wasm.catalog.refresher import (
     CatalogRefresher,
     PrefetchFile,
     PrefetchLists,
-    SetList,
 )
 from csi_wasm.kube.configmap import ConfigMapWatcher, parse_configmap_ref, watcher_from_environment
 from csi_wasm.kube.events import (
@@ -25,6 +24,7 @@ from csi_wasm.kube.events import (
     KubernetesEventRecorder,
 )
 from csi_wasm.metrics import Metrics
+from csi_wasm.prefetch.prefetcher import Prefetcher
 from csi_wasm.settings import ServeSettings
 
 
@@ -58,7 +58,7 @@ class ListFollowers:
 
 
 def follow_lists(
-    settings: ServeSettings, catalog: Catalog, set_prefetch: SetList, events: EventRecorder
+    settings: ServeSettings, catalog: Catalog, prefetcher: Prefetcher, events: EventRecorder
 ) -> ListFollowers:
     """Join ``--prefetch-file`` and ``--prefetch-configmap`` into the catalog and prefetcher.
 
@@ -72,13 +72,13 @@ def follow_lists(
     )
     if watcher is not None:
         sources.append(CONFIGMAP_SOURCE)
-    lists = PrefetchLists(catalog, set_prefetch, sources, _configmap_warnings(settings, events))
+    warnings = _configmap_warnings(settings, events)
+    lists = PrefetchLists(catalog, prefetcher.set_dynamic, sources, warnings)
     prefetch_file = None
     if settings.prefetch_file is not None:
         prefetch_file = PrefetchFile(settings.prefetch_file)
-    refresher = CatalogRefresher(
-        catalog, lists, prefetch_file, min(settings.prefetch_refresh, MAX_FILE_INTERVAL)
-    )
+    interval = min(settings.prefetch_refresh, MAX_FILE_INTERVAL)
+    refresher = CatalogRefresher(catalog, lists, prefetch_file, interval, prefetcher.fetch_again)
     refresher.tick()
     return ListFollowers(watcher, refresher)
 

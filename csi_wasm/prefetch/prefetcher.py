@@ -24,7 +24,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from csi_wasm.attributes import (
@@ -130,6 +130,22 @@ class Prefetcher:
             "prefetch list updated",
             extra={"fields": {"listed": listed, "added": added, "removed": removed}},
         )
+
+    def fetch_again(self, requests: Iterable[ModuleRequest]) -> int:
+        """Make these listed entries due now; how many were listed.
+
+        For a module that went away under a fetched entry (``csi-wasm fsck`` took it out
+        of the cache and the catalog): an entry pinned by digest is otherwise never
+        fetched again.
+        """
+        with self._cond:
+            now = self._clock()
+            due = [self._tracked[r] for r in requests if r in self._tracked]
+            for tracked in due:
+                tracked.next_at = min(tracked.next_at, now)
+            if due:
+                self._cond.notify_all()
+        return len(due)
 
     def pinned(self) -> set[str]:
         """Module digests of every listed entry that was fetched: never evict these."""

@@ -310,7 +310,7 @@ def _start_prefetch(
         refresh=settings.prefetch_refresh,
     )
     collector.add_pin_source(handover.listing(prefetcher.pinned))
-    lists = follow_lists(settings, catalog, prefetcher.set_dynamic, events)
+    lists = follow_lists(settings, catalog, prefetcher, events)
     prefetcher.start()
     lists.start()
     return prefetcher, lists

@@ -277,3 +277,21 @@ def test_readers_never_see_a_partial_missing_or_unknown_module_through_100_swaps
     assert errors == []
     assert all(s for s in seen)  # every reader read
     assert os.path.samefile(target, cnode.module_file(versions[100 % len(versions)]))
+
+
+def test_repair_names_the_entries_to_fetch_again(cnode: CatalogNode) -> None:
+    catalog = cnode.catalog()
+    catalog.set_entries([ADD_HEADER, WAF])
+    v1, waf = cnode.module("v1"), cnode.module("waf")
+    cnode.fetched(catalog, ADD_HEADER, v1)
+    cnode.fetched(catalog, WAF, waf)
+    (cnode.path / "waf.wasm").unlink()  # its sha256/ link (and the store) still hold it
+    for path in (cnode.path / "add-header.wasm", cnode.path / "sha256" / f"{v1}.wasm"):
+        path.unlink()
+    cnode.store.quarantine(v1, "test")  # as fsck leaves it
+
+    assert catalog.repair() == [ADD_HEADER.request()]
+    assert os.path.samefile(cnode.path / "waf.wasm", cnode.module_file(waf))
+    rows = {row.name: row for row in catalog.status().entries}
+    assert (rows["add-header"].state, rows["add-header"].digest) == (FAILED, None)
+    assert rows["waf"].state == READY

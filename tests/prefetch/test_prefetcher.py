@@ -613,3 +613,19 @@ def test_stop_before_start_and_twice_is_harmless() -> None:
 
 
 # --- the watcher: seams ---------------------------------------------------------------
+
+
+def test_fetch_again_makes_a_fetched_entry_due_now(
+    fake_time: FakeTime, make_prefetcher: Callable[..., Prefetcher]
+) -> None:
+    fetch = FakeFetch({PINNED: [HEX_D], A: [HEX_A]}, fake_time)
+    prefetcher = make_prefetcher(fetch, static=[PrefetchEntry(PINNED)])
+    fake_time.settle(prefetcher.start)
+    assert fetch.sources() == [PINNED]  # pinned by digest: never fetched again by itself
+
+    unlisted = PrefetchEntry(A).request()
+    again = prefetcher.fetch_again([PrefetchEntry(PINNED).request(), unlisted])
+    fake_time.settle()
+
+    assert again == 1
+    assert fetch.sources() == [PINNED, PINNED]

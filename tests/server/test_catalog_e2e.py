@@ -18,6 +18,8 @@ from support.oci import push_wasm_artifact
 from support.registry import Registry, running_registry
 from support.wasm import make_module
 
+from csi_wasm.cache.fsck import check_store
+from csi_wasm.cache.store import ModuleStore
 from csi_wasm.catalog.directory import catalog_dir
 from csi_wasm.catalog.status import read_status, status_path
 from csi_wasm.settings import CacheSettings, ServeSettings, VerifySettings
@@ -315,3 +317,26 @@ def test_a_registry_that_goes_down_keeps_what_the_catalog_shows(
             pod = kubelet.new_pod()
             kubelet.publish(pod, CATALOG_VOLUME, timeout=5)  # never waits on the registry
             assert hash_of(pod.target / "f.wasm") == v1.module_sha256
+
+
+def test_a_module_fsck_takes_out_is_fetched_again_and_shown_again(
+    node_dirs: NodeDirs, registry: Registry, unique_repo: str
+) -> None:
+    v1 = push_wasm_artifact(registry, unique_repo, "v1", make_module(4096, "fsck-v1"))
+    listed = node_dirs.base / "prefetch.json"
+    write_list(listed, [{"name": "pinned", "url": f"oci://{v1.digest_reference}"}])
+    shown = catalog_dir(node_dirs.root) / "pinned.wasm"
+
+    with in_process(node_dirs, catalog_settings(node_dirs, registry, listed)):
+        wait_for(lambda: hash_of(shown) == v1.module_sha256, timeout=30, what="v1")
+        cached = node_dirs.root / "modules" / v1.module_sha256 / "plugin.wasm"
+        cached.chmod(0o644)
+        with cached.open("r+b") as damaged:  # bit rot, shared by every hard link
+            damaged.seek(10)
+            damaged.write(b"\xff")
+        report = check_store(ModuleStore(node_dirs.root))
+        assert [d.digest for d in report.damaged] == [v1.module_sha256]
+        assert "pinned.wasm" in report.damaged[0].catalog_removed
+
+        wait_for(lambda: hash_of(shown) == v1.module_sha256, timeout=30, what="v1 again")
+        wait_for(lambda: states(node_dirs)["pinned"][0] == "ready", what="ready again")
