@@ -80,8 +80,9 @@ def out_of_descriptors(pid: int) -> Iterator[None]:
 
 
 def one_line(stderr: str) -> str:
+    """The one line a failed command printed (besides its JSON log records)."""
     assert "Traceback" not in stderr
-    lines = stderr.strip().splitlines()
+    lines = [line for line in stderr.strip().splitlines() if not line.startswith('{"time"')]
     assert len(lines) == 1, stderr
     return lines[0]
 
@@ -105,6 +106,27 @@ def test_serve_on_a_read_only_root_says_so_in_one_line_then_starts_once_repaired
     try:
         with connect(node_dirs) as kubelet:
             assert ready(kubelet)
+            kubelet.publish(kubelet.new_pod(), {"url": modules["one"]})
+    finally:
+        driver.kill()
+
+
+def test_serve_on_a_full_root_says_so_in_one_line_then_starts_once_there_is_room(
+    node_dirs: NodeDirs, root_disk: Tmpfs, registry: Registry, modules: dict[str, str]
+) -> None:
+    root_disk.fill()
+    failed = run_cli("serve", *node_dirs.serve_flags())
+    assert failed.returncode == 1
+    line = one_line(failed.stderr)
+    assert line.startswith(f"csi-wasm: {node_dirs.root}/")
+    assert line.endswith(
+        ": No space left on device; the disk is full: free space there or lower --cache-max-bytes"
+    )
+
+    root_disk.empty()
+    driver = DriverProcess(node_dirs, ["--insecure-registry", registry.host]).start()
+    try:
+        with connect(node_dirs) as kubelet:
             kubelet.publish(kubelet.new_pod(), {"url": modules["one"]})
     finally:
         driver.kill()
