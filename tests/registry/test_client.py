@@ -105,6 +105,23 @@ def test_manifest_by_digest(fake: FakeServer, client: RegistryClient, ref: Refer
     assert not fake.requests_to(MANIFEST_PATH)
 
 
+def test_referrers_api(fake: FakeServer, client: RegistryClient, ref: Reference) -> None:
+    subject = ARTIFACT.manifest_digest
+    index = {"schemaVersion": 2, "manifests": [{"digest": "sha256:" + "1" * 64}]}
+    fake.route(f"/v2/{REPO}/referrers/{subject}", json_reply(index))
+    assert json.loads(client.get_referrers(ref, subject, None, deadline()) or b"") == index
+    (request,) = fake.requests_to(f"/v2/{REPO}/referrers/{subject}")
+    assert request.headers["accept"] == "application/vnd.oci.image.index.v1+json"
+    # no such API (OCI 1.1 says: use the fallback tag), unlike a registry failure
+    other = "sha256:" + "2" * 64
+    fake.route(f"/v2/{REPO}/referrers/{other}", reply(b"404 page not found", 404))
+    assert client.get_referrers(ref, other, None, deadline()) is None
+    failing = "sha256:" + "3" * 64
+    fake.route(f"/v2/{REPO}/referrers/{failing}", reply(b"", 418))
+    with pytest.raises(FailedPrecondition, match="HTTP 418 while listing the referrers"):
+        client.get_referrers(ref, failing, None, deadline())
+
+
 def test_gzip_encoded_manifest(fake: FakeServer, client: RegistryClient, ref: Reference) -> None:
     encoded = gzip.compress(ARTIFACT.manifest)
     fake.route(

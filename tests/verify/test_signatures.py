@@ -8,6 +8,8 @@ layout B is found through the fallback tag, as cosign 3 leaves it there.
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 from collections.abc import Iterator, Mapping
 
 import pytest
@@ -33,9 +35,10 @@ from csi_wasm.deadline import Deadline
 from csi_wasm.errors import SignatureRejected
 from csi_wasm.reference import parse_reference
 from csi_wasm.registry import RegistryClient, RegistryOptions
+from csi_wasm.verify.cosign import signature_tag as cosign_tag
 from csi_wasm.verify.keys import Authority, PublicKey, load_key_file, parse_public_key
 from csi_wasm.verify.policy import Demand, Requirement
-from csi_wasm.verify.signatures import Outcome, RegistryArtifacts, discover, judge
+from csi_wasm.verify.signatures import Outcome, RegistryArtifacts, discover, judge, sufficient
 
 P256, P384, RSA = Signer.p256(), Signer.p384(), Signer.rsa3072()
 
@@ -307,3 +310,81 @@ def test_an_index_digest_is_what_is_signed(
     assert check(client, registry, unique_repo, index_digest, needs("p256")).verified
     with pytest.raises(SignatureRejected):
         check(client, registry, unique_repo, child.manifest_digest, needs("p256"))
+
+
+class ReferrersApi:
+    """A registry with the referrers API, at the :class:`Artifacts` seam (the test registry
+    has none): manifests and blobs by digest, and who asked for what."""
+
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+        self.manifests: dict[str, object] = {}
+        self.blobs: dict[str, bytes] = {}
+        self.listed: list[dict[str, str]] = []
+        self.asked: list[str] = []
+
+    def attach(self, manifest: dict[str, object], blob: bytes, artifact_type: str) -> None:
+        digest = "sha256:" + hashlib.sha256(json.dumps(manifest).encode()).hexdigest()
+        self.manifests[digest] = manifest
+        layer = manifest["layers"][0]  # type: ignore[index]
+        self.blobs[layer["digest"]] = blob
+        self.listed.append({"digest": digest, "artifactType": artifact_type})
+
+    def referrers(self, digest: str) -> object | None:
+        self.asked.append(f"referrers {digest}")
+        return {"manifests": self.listed} if digest == self.subject else {"manifests": []}
+
+    def manifest(self, tag_or_digest: str) -> object | None:
+        self.asked.append(f"manifest {tag_or_digest}")
+        return self.manifests.get(tag_or_digest)
+
+    def blob(self, digest: str, size: int, limit: int) -> bytes:
+        self.asked.append(f"blob {digest}")
+        return self.blobs[digest]
+
+
+def referrer(subject: str, blob: bytes, media_type: str, artifact_type: str) -> dict[str, object]:
+    return {
+        "schemaVersion": 2,
+        "artifactType": artifact_type,
+        "layers": [
+            {
+                "mediaType": media_type,
+                "digest": "sha256:" + hashlib.sha256(blob).hexdigest(),
+                "size": len(blob),
+            }
+        ],
+        "subject": {"digest": subject},
+    }
+
+
+def test_the_referrers_api_is_used_when_the_registry_has_it() -> None:
+    digest = "sha256:" + "f" * 64
+    api = ReferrersApi(digest)
+    bundle = make_bundle([P256], statement(digest))
+    bundle_type = "application/vnd.dev.sigstore.bundle.v0.3+json"
+    # the index claims a bundle, the manifest's layer is not one: the layer decides
+    decoy = referrer(digest, b"not a bundle", "application/octet-stream", bundle_type)
+    api.attach(decoy, b"not a bundle", bundle_type)
+    api.attach(referrer(digest, bundle, bundle_type, bundle_type), bundle, bundle_type)
+    found = discover(api, digest, sufficient(KEYS, needs("p256")))
+    outcome = judge(found, KEYS, needs("p256"), "m")
+    assert set(outcome.verified) == {"p256"} and outcome.layout == "bundle"
+    assert not any(a.startswith("manifest sha256-") for a in api.asked)  # no fallback tag
+    assert f"manifest {cosign_tag(digest)}" not in api.asked  # the bundle sufficed
+    assert len([a for a in api.asked if a.startswith("blob")]) == 1
+
+
+def test_a_signature_annotation_with_line_breaks_verifies(
+    registry: Registry, client: RegistryClient, unique_repo: str
+) -> None:
+    pushed = module(registry, unique_repo)
+    payload = simplesigning_payload(pushed.manifest_digest)
+    text = signed_layer(RSA, payload).signature_b64
+    wrapped = "\n".join(text[i : i + 64] for i in range(0, len(text), 64)) + "\n"
+    push_signature_tag(
+        registry, unique_repo, pushed.manifest_digest, [SignatureLayer(payload, wrapped)]
+    )
+    assert set(
+        check(client, registry, unique_repo, pushed.manifest_digest, needs("rsa")).verified
+    ) == {"rsa"}
