@@ -254,6 +254,7 @@ class Catalog:
             if not targets:
                 return
             now = self._clock()
+            before = self._status_locked()
             try:
                 self._dir.link_digest(module_hex, module_file)
                 self._retired.pop(module_hex, None)
@@ -265,17 +266,17 @@ class Catalog:
                     _set_state(entry, FAILED, reason, now)
                 log.warning(reason, extra={"fields": {"digest": f"sha256:{module_hex}"}})
             self._retire_unshown_locked(now)
-            self._save_locked()
+            self._save_if_changed_locked(before)
 
     def failed(self, request: ModuleRequest, message: str) -> None:
         """A fetch for ``request`` failed: its names keep their module and say why."""
         with self._lock:
             targets = [e for e in self._named.values() if e.request == request]
             now = self._clock()
+            before = self._status_locked()
             for entry in targets:
                 _set_state(entry, FAILED, message, now)
-            if targets:
-                self._save_locked()
+            self._save_if_changed_locked(before)
 
     def _show_locked(self, entry: _Entry, module_hex: str, module_file: Path, now: float) -> None:
         previous = entry.digest
@@ -351,6 +352,11 @@ class Catalog:
     def _status_locked(self) -> CatalogStatus:
         rows = sorted(self._named.values(), key=lambda e: e.name) + self._refused
         return CatalogStatus(tuple(e.status() for e in rows), dict(self._retired))
+
+    def _save_if_changed_locked(self, before: CatalogStatus) -> None:
+        # A refresh that finds the same module changes nothing: no write, no fsync.
+        if self._status_locked() != before:
+            self._save_locked()
 
     def _save_locked(self) -> None:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import threading
 from pathlib import Path
 
 import grpc
@@ -340,3 +341,54 @@ def test_a_module_fsck_takes_out_is_fetched_again_and_shown_again(
 
         wait_for(lambda: hash_of(shown) == v1.module_sha256, timeout=30, what="v1 again")
         wait_for(lambda: states(node_dirs)["pinned"][0] == "ready", what="ready again")
+
+
+def test_readers_in_a_pod_never_see_a_partial_missing_or_unknown_module_through_100_swaps(
+    node_dirs: NodeDirs, registry: Registry, unique_repo: str
+) -> None:
+    modules = [make_module(96 * 1024 + i, f"swap-{i}") for i in range(4)]
+    pushed = [push_wasm_artifact(registry, unique_repo, "stable", m) for m in modules[:1]]
+    known = {hashlib.sha256(m).hexdigest() for m in modules}
+    listed = node_dirs.base / "prefetch.json"
+    write_list(listed, [{"name": "swapped", "url": f"oci://{pushed[0].reference}"}])
+    settings = dataclasses.replace(
+        catalog_settings(node_dirs, registry, listed), prefetch_refresh=0.02
+    )
+
+    with in_process(node_dirs, settings) as (_, kubelet):
+        pod = kubelet.new_pod()
+        kubelet.publish(pod, CATALOG_VOLUME)
+        shown = pod.target / "swapped.wasm"
+        wait_for(lambda: hash_of(shown) in known, timeout=30, what="the first version")
+        stop = threading.Event()
+        errors: list[str] = []
+        reads = [0] * 4
+
+        def read(reader: int) -> None:
+            while not stop.is_set():
+                try:
+                    with shown.open("rb") as handle:
+                        data = handle.read()
+                except OSError as error:
+                    errors.append(f"open/read failed: {error}")
+                    return
+                if hashlib.sha256(data).hexdigest() not in known:
+                    errors.append(f"unknown content of {len(data)} bytes")
+                    return
+                reads[reader] += 1
+
+        readers = [threading.Thread(target=read, args=(i,)) for i in range(4)]
+        for reader in readers:
+            reader.start()
+        try:
+            for swap in range(1, 101):
+                module = modules[swap % len(modules)]
+                push_wasm_artifact(registry, unique_repo, "stable", module)
+                digest = hashlib.sha256(module).hexdigest()
+                wait_for(lambda: hash_of(shown) == digest, timeout=30, what=f"swap {swap}")  # noqa: B023
+        finally:
+            stop.set()
+            for reader in readers:
+                reader.join(10)
+        assert errors == []
+        assert all(reads), reads
