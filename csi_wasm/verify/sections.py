@@ -16,6 +16,23 @@ MAGIC_AND_VERSION = b"\0asm\x01\x00\x00\x00"
 IMPORT_SECTION = 2
 EXPORT_SECTION = 7
 
+SECTION_NAMES = {
+    0: "custom",
+    1: "type",
+    2: "import",
+    3: "function",
+    4: "table",
+    5: "memory",
+    6: "global",
+    7: "export",
+    8: "start",
+    9: "element",
+    10: "code",
+    11: "data",
+    12: "data count",
+    13: "tag",
+}
+
 # External kinds as the binary format numbers them.
 KINDS = {0x00: "func", 0x01: "table", 0x02: "memory", 0x03: "global", 0x04: "tag"}
 
@@ -176,3 +193,28 @@ def read_interface(data: bytes | bytearray | memoryview) -> Interface:
             if body.pos != body.end:
                 raise MalformedModule(f"section {section_id} has trailing bytes at {body.pos}")
     return Interface(imports, exports)
+
+
+def cut_short(data: bytes | bytearray | memoryview) -> str | None:
+    """What is missing when the module ends inside a section; None if none runs past the end.
+
+    Only the section framing is followed (id, size): for a message that says a module was
+    cut short (an interrupted upload or copy), not a validation of its own.
+    """
+    reader = _Reader(data, len(MAGIC_AND_VERSION), len(data))
+    try:
+        while reader.pos < reader.end:
+            start = reader.pos
+            section_id = reader.byte()
+            size = reader.uleb()
+            remaining = reader.end - reader.pos
+            if size > remaining:
+                name = SECTION_NAMES.get(section_id, f"id {section_id}")
+                return (
+                    f"the {name} section at offset 0x{start:x} declares {size} bytes, "
+                    f"{remaining} remain"
+                )
+            reader.pos += size
+    except MalformedModule:
+        return None  # ends inside a section header: the validator's reason says enough
+    return None

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from csi_wasm.verify.facts import ModuleFacts
-from csi_wasm.verify.sections import MalformedModule, read_interface
+from csi_wasm.verify.sections import MalformedModule, cut_short, read_interface
 
 if TYPE_CHECKING:
     import wasmtime
@@ -79,6 +79,10 @@ def structure_error(module: bytes | bytearray | mmap.mmap) -> str | None:
 def facts_of(module: bytes | bytearray | mmap.mmap) -> ModuleFacts:
     """Validate ``module`` and read its imports and exports."""
     error = structure_error(module)
+    with memoryview(module) as view:
+        if error is not None and "end-of-file" in error:
+            missing = cut_short(view)
+            error = f"{error}; the module is cut short: {missing}" if missing else error
     try:
         with memoryview(module) as view:
             interface = read_interface(view)

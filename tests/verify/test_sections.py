@@ -6,7 +6,7 @@ import pytest
 import wasmtime
 from support.wasm import from_wat, make_module
 
-from csi_wasm.verify.sections import Interface, MalformedModule, read_interface
+from csi_wasm.verify.sections import Interface, MalformedModule, cut_short, read_interface
 
 
 def test_reads_every_import_and_export_kind() -> None:
@@ -97,3 +97,14 @@ def test_other_sections_are_skipped_by_length() -> None:
     # A 1 MiB custom section before the exports is jumped over, not decoded.
     interface = read_interface(make_module(1 << 20, "skip"))
     assert ("seed", "func") in interface.exports
+
+
+def test_cut_short_names_the_section_that_runs_past_the_end() -> None:
+    module = make_module(3000, "cut-short")
+    assert cut_short(module) is None
+    assert cut_short(module[:20]) == "the type section at offset 0x8 declares 13 bytes, 10 remain"
+    assert cut_short(module[:9]) is None  # inside a section header: nothing to add
+    assert cut_short(module + b"\x0a\xff") is None  # a size that never ends
+    assert cut_short(module + b"\x63\x05") == (
+        f"the id 99 section at offset 0x{len(module):x} declares 5 bytes, 0 remain"
+    )
