@@ -1,6 +1,7 @@
 """The prefetch list: entries as the ConfigMap's ``prefetch.json`` and ``--prefetch`` give them.
 
-Each entry is what a volume's attributes say (``url``, ``sha256``, ``imagePullPolicy``)
+Each entry is what a volume's attributes say (``url``, ``sha256``, ``imagePullPolicy``,
+``abi``)
 and is validated the same way (:func:`csi_wasm.attributes.parse_attributes`). A bad
 entry is reported as one problem and skipped; it never stops the others.
 
@@ -15,6 +16,7 @@ import json
 from dataclasses import dataclass, replace
 
 from csi_wasm.attributes import (
+    ABI,
     PULL_POLICY,
     SHA256,
     URL,
@@ -44,6 +46,7 @@ class PrefetchEntry:
     sha256: str | None = None
     image_pull_policy: str | None = None  # "Always" / "IfNotPresent"; None: the default
     name: str | None = None  # a catalog entry's name (checked by the catalog)
+    abi: str | None = None  # "proxy-wasm" / "any"; None: the node's --default-abi
 
     def attributes(self) -> dict[str, str]:
         attributes = {URL: self.url}
@@ -51,6 +54,8 @@ class PrefetchEntry:
             attributes[SHA256] = self.sha256
         if self.image_pull_policy is not None:
             attributes[PULL_POLICY] = self.image_pull_policy
+        if self.abi is not None:
+            attributes[ABI] = self.abi
         return attributes
 
     def request(self) -> ModuleRequest:
@@ -77,8 +82,8 @@ def parse_prefetch_list(text: str) -> tuple[list[PrefetchEntry], list[str]]:
     """The valid entries of a ``prefetch.json`` document, and one line per problem.
 
     The document is a JSON list whose items are either a string (the ``url``) or an
-    object with ``url`` and optional ``sha256``, ``imagePullPolicy`` and ``name``. Invalid items
-    are left out and described in the problems; nothing here raises.
+    object with ``url`` and optional ``sha256``, ``imagePullPolicy``, ``abi`` and ``name``.
+    Invalid items are left out and described in the problems; nothing here raises.
     """
     try:
         document = json.loads(text) if text.strip() else []
@@ -123,10 +128,10 @@ def _entry(item: object) -> PrefetchEntry:
     url = values[URL]
     if url is None:
         raise ValueError("field 'url' is required, e.g. oci://ghcr.io/acme/filter:v1")
-    return PrefetchEntry(url, values[SHA256], values[PULL_POLICY], values[NAME])
+    return PrefetchEntry(url, values[SHA256], values[PULL_POLICY], values[NAME], values[ABI])
 
 
-_FIELDS = (NAME, URL, SHA256, PULL_POLICY)
+_FIELDS = (NAME, URL, SHA256, PULL_POLICY, ABI)
 
 
 def _is_tag(request: ModuleRequest) -> bool:

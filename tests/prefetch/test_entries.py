@@ -13,6 +13,7 @@ from csi_wasm.prefetch import (
     parse_prefetch_flag,
     parse_prefetch_list,
 )
+from csi_wasm.verify import Abi
 
 HEX_A = "a" * 64
 HEX_B = "b" * 64
@@ -201,3 +202,19 @@ def test_a_named_tag_is_re_resolved_but_a_digest_or_an_explicit_policy_is_not() 
     )
     pinned = f"oci://ghcr.io/acme/add-header@sha256:{HEX_A}"
     assert PrefetchEntry(pinned, name="a").request().pull_policy.value == "IfNotPresent"
+
+
+def test_an_entry_may_ask_for_an_abi_as_a_volume_does() -> None:
+    text = json.dumps(
+        [
+            {"url": "ghcr.io/acme/plain:v1", "abi": "any"},
+            {"url": "ghcr.io/acme/filter:v1", "abi": "proxy-wasm"},
+            {"url": "ghcr.io/acme/default:v1"},
+            {"url": "ghcr.io/acme/bad:v1", "abi": "wasi"},
+        ]
+    )
+    entries, problems = parse_prefetch_list(text)
+    assert [entry.request().abi for entry in entries] == [Abi.ANY, Abi.PROXY_WASM, None]
+    assert problems == [
+        "entry 3 skipped: volume attribute 'abi' 'wasi' is not one of: proxy-wasm, any"
+    ]
