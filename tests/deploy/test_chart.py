@@ -64,6 +64,7 @@ FULL: dict[str, Any] = {
         "rules": [{"match": "ghcr.io/acme/**", "keys": ["release"], "mode": "warn"}],
         "unmatched": "deny",
     },
+    "catalog": {"refresh": "15m", "grace": "48h"},
     "serviceAccount": {"annotations": {"example.com/owner": "platform"}},
     "updateStrategy": {"maxUnavailable": "10%"},
     "podAnnotations": {"example.com/team": "platform"},
@@ -197,6 +198,8 @@ def test_driver_container(helm: Path) -> None:
         "--driver-name": [DRIVER],
         "--metrics-address": [":9090"],
         "--prefetch-configmap": ["csi-wasm/csi-wasm-prefetch"],
+        "--prefetch-refresh": ["1h"],
+        "--catalog-grace": ["24h"],
         "--log-level": ["info"],
     }
     assert driver["env"] == [
@@ -346,6 +349,7 @@ def test_registry_options_become_args_and_mounts(helm: Path) -> None:
     ]
     assert args["--log-level"] == ["debug"]
     assert args["--default-abi"] == ["any"]
+    assert (args["--prefetch-refresh"], args["--catalog-grace"]) == (["15m"], ["48h"])
     assert driver["args"][-2:] == ["--pull-timeout=5m", "--max-module-bytes=1048576"]
 
     # CA bundle: ConfigMap key -> file in a read-only mount -> --registry-ca.
@@ -567,6 +571,8 @@ def test_scheduling_values(helm: Path) -> None:
         {"registryMirrors": [{"source": "docker.io"}]},
         {"prefetch": [{"url": "oci://x/y:1", "sha256": "nothex"}]},
         {"prefetch": [{"name": "../x", "url": "oci://x/y:1"}]},
+        {"catalog": {"refresh": "soon"}},
+        {"catalog": {"grace": "24"}},
         {"prefetch": [{"name": "Add-Header", "url": "oci://x/y:1"}]},
         {"prefetch": [{"name": "x" * 64, "url": "oci://x/y:1"}]},
     ],
