@@ -64,6 +64,10 @@ def follow_lists(
 
     The file's list is read now, so the first fetches see it; nothing is started.
     """
+    if settings.prefetch_file is None and settings.prefetch_configmap is None:
+        # No list at all (the flags were dropped): no name is listed any more. Modules
+        # stay under sha256/ for the grace period, as for any removed entry.
+        catalog.set_entries([], complete=True)
     sources = [FILE_SOURCE] if settings.prefetch_file is not None else []
     watcher = watcher_from_environment(
         settings.prefetch_configmap,

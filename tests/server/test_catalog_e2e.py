@@ -392,3 +392,22 @@ def test_readers_in_a_pod_never_see_a_partial_missing_or_unknown_module_through_
                 reader.join(10)
         assert errors == []
         assert all(reads), reads
+
+
+def test_a_driver_started_with_no_list_any_more_empties_the_names_not_sha256(
+    node_dirs: NodeDirs, registry: Registry, unique_repo: str
+) -> None:
+    v1 = push_wasm_artifact(registry, unique_repo, "v1", make_module(4096, "nolist-v1"))
+    listed = node_dirs.base / "prefetch.json"
+    write_list(listed, [{"name": "f", "url": f"oci://{v1.reference}"}])
+    directory = catalog_dir(node_dirs.root)
+    with in_process(node_dirs, catalog_settings(node_dirs, registry, listed)):
+        wait_for(lambda: hash_of(directory / "f.wasm") == v1.module_sha256, what="f")
+
+    unlisted = dataclasses.replace(
+        catalog_settings(node_dirs, registry, listed), prefetch_file=None
+    )
+    with in_process(node_dirs, unlisted):
+        assert not (directory / "f.wasm").exists()
+        assert hash_of(directory / "sha256" / f"{v1.module_sha256}.wasm") == v1.module_sha256
+        assert states(node_dirs) == {}
