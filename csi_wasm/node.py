@@ -4,10 +4,11 @@ Publish is a straight line with one rollback: lock the volume, validate, get the
 module (cache or pull), record the volume, bind-mount read-only, check the mount.
 Any failure after the record is written undoes the mount and the record.
 
-It runs on the server's event loop in three steps: prepare (validate, look in the
-cache or join the pull) and finish (record, mount) are blocking and run on a worker
-thread; waiting for a pull in between is an ``await`` that holds no thread, so
-hundreds of pods can wait for one download while everything else is answered.
+It runs on the server's event loop in three steps: start (validate, look in the cache
+or join the pull) and finish (record, mount) are blocking and run on a worker thread;
+waiting for a pull in between is an ``await`` that holds no thread, so hundreds of
+pods can wait for one download while everything else is answered. A module already in
+the cache needs no wait: start and finish then run as one step.
 
 The module comes back pinned (garbage collection cannot evict it); the pin is
 released once the volume record names it, or on failure. Unpublish marks the module
@@ -157,15 +158,15 @@ class NodeService:
         return result
 
     async def _publish(self, request: PublishRequest, wait: float, work: Workers) -> PublishResult:
-        """Prepare on a worker, wait for the module holding no thread, finish on a worker.
+        """Start on a worker, wait for the module holding no thread, finish on a worker.
 
         The volume stays locked throughout, so kubelet's overlapping retry is ABORTED.
         """
         volume_id = _require(request.volume_id, "volume_id")
         with self._locks.hold(volume_id):
-            prepared = await work.local.run(self._prepare, volume_id, request)
+            prepared = await work.local.run(self._start, volume_id, request)
             if isinstance(prepared, PublishResult):
-                return prepared
+                return prepared  # already published, or the module was in the cache
             try:
                 await self._modules.ready(prepared.lookup, wait, work)
             except BaseException:
@@ -173,8 +174,9 @@ class NodeService:
                 raise
             return await work.local.run(self._finish, prepared)
 
-    def _prepare(self, volume_id: str, request: PublishRequest) -> _Prepared | PublishResult:
-        """Validate, and either find the volume already published or look for its module."""
+    def _start(self, volume_id: str, request: PublishRequest) -> _Prepared | PublishResult:
+        """Validate; then find the volume already published, or publish it from the cache,
+        or return what it waits for."""
         target = self._confine(request.target_path)
         if request.block:
             raise InvalidArgument(
@@ -204,7 +206,11 @@ class NodeService:
             if _is_read_only(self._mounter.find_mount(target)):
                 return PublishResult(existing.module, 0, True, already_published=True)
         keychain = Keychain.from_secrets(request.secrets)
-        return _Prepared(wanted, target, self._modules.find(module_request, keychain))
+        prepared = _Prepared(wanted, target, self._modules.find(module_request, keychain))
+        if prepared.lookup.waits:
+            return prepared
+        # Nothing to wait for: finish in this same step (a warm publish: one thread hop).
+        return self._finish(prepared)
 
     def _finish(self, prepared: _Prepared) -> PublishResult:
         """Take the module (pinned), record the volume and mount it; the record holds it then."""

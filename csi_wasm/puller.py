@@ -187,6 +187,11 @@ class Lookup:
     pull: _Pull | None = None
     warning: str | None = None  # for the module, whatever the pull says (a URL's)
 
+    @property
+    def waits(self) -> bool:
+        """Whether :meth:`Puller.ready` has anything to wait for (the network)."""
+        return self.check is not None or self.pull is not None
+
 
 class PullObserver(Protocol):
     """Told about cache lookups and finished pulls (metrics)."""
