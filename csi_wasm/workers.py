@@ -2,8 +2,9 @@
 
 The gRPC server answers on one event loop (see :mod:`csi_wasm.server.serve`). Whatever
 blocks (files, mounts, a registry request) runs on a bounded pool of threads; waiting
-for a pull holds no thread at all (:func:`settled`). Two pools: a slow registry can
-fill ``network`` without delaying the local work every publish and unpublish needs.
+for a pull holds no thread at all (:func:`settled`). Separate pools: a slow registry
+can fill ``network`` without delaying the local work every publish and unpublish needs,
+and neither delays Probe.
 """
 
 from __future__ import annotations
@@ -41,20 +42,24 @@ class Pool:
 
 
 class Workers:
-    """The pools: ``local`` for the cache, records and mounts; ``network`` for registries."""
+    """The pools: ``local`` for the cache, records and mounts; ``network`` for registries;
+    ``readiness`` (one thread) for Probe's check of the root, which touches the disk but
+    must never queue behind publishes."""
 
-    def __init__(self, local: int, network: int) -> None:
+    def __init__(self, local: int, network: int, readiness: int = 1) -> None:
         self.local = Pool(local, "local")
         self.network = Pool(network, "network")
+        self.readiness = Pool(readiness, "readiness")
 
     @classmethod
     def inline(cls) -> Workers:
         """Everything on the calling thread: for callers that have a thread to spare."""
-        return cls(0, 0)
+        return cls(0, 0, 0)
 
     def shutdown(self) -> None:
         self.local.shutdown()
         self.network.shutdown()
+        self.readiness.shutdown()
 
 
 async def settled(future: Future[Any], timeout: float) -> None:

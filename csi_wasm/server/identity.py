@@ -1,4 +1,5 @@
-"""The CSI Identity service, answered on the event loop: nothing here blocks."""
+"""The CSI Identity service, answered on the event loop; Probe's readiness check (a
+file made and removed under the root) runs on a thread of its own."""
 
 from __future__ import annotations
 
@@ -9,15 +10,21 @@ from google.protobuf import wrappers_pb2
 from csi_wasm import __version__
 from csi_wasm._proto import csi_pb2, csi_pb2_grpc
 from csi_wasm.server.rpc import CallObserver, Context, ObservedServicer, handler
+from csi_wasm.workers import Pool
 
 
 class IdentityServicer(csi_pb2_grpc.IdentityServicer, ObservedServicer):
     def __init__(
-        self, driver_name: str, ready: Callable[[], bool], on_call: CallObserver | None = None
+        self,
+        driver_name: str,
+        ready: Callable[[], bool],
+        checks: Pool,
+        on_call: CallObserver | None = None,
     ) -> None:
         ObservedServicer.__init__(self, on_call)
         self._driver_name = driver_name
         self._ready = ready
+        self._checks = checks  # ready() touches the root: off the loop, on its own thread
 
     @handler
     async def GetPluginInfo(
@@ -34,4 +41,5 @@ class IdentityServicer(csi_pb2_grpc.IdentityServicer, ObservedServicer):
 
     @handler
     async def Probe(self, request: csi_pb2.ProbeRequest, context: Context) -> csi_pb2.ProbeResponse:
-        return csi_pb2.ProbeResponse(ready=wrappers_pb2.BoolValue(value=self._ready()))
+        ready = await self._checks.run(self._ready)
+        return csi_pb2.ProbeResponse(ready=wrappers_pb2.BoolValue(value=ready))

@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 # more threads would only contend), and how many private-module access checks.
 LOCAL_WORKERS = 4
 NETWORK_WORKERS = 8
+READINESS_WORKERS = 1  # Probe's check of the root: never behind publishes
 
 
 def socket_path(endpoint: str) -> Path:
@@ -222,8 +223,8 @@ def start(settings: ServeSettings) -> Driver:
 
     metrics.set_state_source(snapshot)
 
-    work = Workers(LOCAL_WORKERS, NETWORK_WORKERS)
-    identity = IdentityServicer(node.driver_name, store.usable, metrics.observe_rpc)
+    work = Workers(LOCAL_WORKERS, NETWORK_WORKERS, READINESS_WORKERS)
+    identity = IdentityServicer(node.driver_name, store.usable, work.readiness, metrics.observe_rpc)
     node_servicer = NodeServicer(
         service, work, node.node_id, pull.pull_timeout, metrics.observe_rpc
     )

@@ -6,12 +6,11 @@ soon as its publish answered, so publishes and unpublishes overlap. After every 
 zero errors, zero mounts, targets or records left, and the driver's open file
 descriptors and threads back to their level.
 
-"Their level" is the fresh process's, plus what is made on first use and kept by
-design: the driver's worker pools (they grow a thread at a time while work queues, up
-to ``LOCAL_WORKERS + NETWORK_WORKERS``) and the registry keep-alive connection. So:
-open fds after every round equal those after round 1, which are at most ``KEPT_FDS``
-above the fresh process; threads never exceed the fresh count plus the pools, and
-never grow after round 2.
+"Their level" is the fresh process's, plus what is made on first use and kept by design:
+the driver's worker pools (they grow a thread at a time while work queues, up to
+``POOLS`` threads) and the registry keep-alive connection. So: open fds after every
+round equal those after round 1, which are at most ``KEPT_FDS`` above the fresh process;
+threads never exceed the fresh count plus the pools, and never grow after round 2.
 """
 
 from __future__ import annotations
@@ -30,14 +29,14 @@ from support.registry import Registry
 from support.wasm import make_module
 
 from csi_wasm._proto import csi_pb2
-from csi_wasm.server.serve import LOCAL_WORKERS, NETWORK_WORKERS
+from csi_wasm.server.serve import LOCAL_WORKERS, NETWORK_WORKERS, READINESS_WORKERS
 
 from .conftest import StartProcess
 from .harness import Process, assert_cache_verified, assert_nothing_left, tmp_files
 
 PAIRS = 500
 ROUNDS = 3
-POOLS = LOCAL_WORKERS + NETWORK_WORKERS
+POOLS = LOCAL_WORKERS + NETWORK_WORKERS + READINESS_WORKERS
 KEPT_FDS = 4  # registry keep-alive connection(s) and the like
 
 
