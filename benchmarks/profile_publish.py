@@ -7,8 +7,11 @@
    the difference is gRPC's Python server and the channel, not csi-wasm.
 2. A py-spy profile (``py-spy record --idle``, 1000 Hz) of the driver during warm
    publishes, then during cold publishes; the inclusive share of the main frames of
-   the RPC handler threads (warm) and of the pull threads (cold) is printed.
-   Skipped, with a note, when py-spy is not installed (``pip install py-spy``).
+   the publish steps on the worker threads (warm) and of the pull threads (cold).
+3. A py-spy profile of the GIL (``--gil``: only samples of the thread holding it)
+   during herds of 100 pods on one uncached 4 MiB module: which threads hold it, and
+   the share of the RPC handler's parts on the event loop's thread.
+   2 and 3 are skipped, with a note, when py-spy is not installed (``pip install py-spy``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench_herd import herd
 from loopback import loopback_node
 from support.driver import DriverProcess, connect
 from support.kubelet import Kubelet
@@ -39,7 +43,7 @@ MIB = 1024 * 1024
 WARM_FRAMES = [
     "NodeService._confine",
     "VolumeRecords.get",
-    "Puller.get",
+    "Puller.find",
     "NodeService._mount",
     "VolumeRecords.put",
     "Path.mkdir",
@@ -49,6 +53,14 @@ WARM_FRAMES = [
     "Keychain.from_secrets",
     "Path.resolve",
     "mkstemp",
+]
+# Parts of the RPC handler on the event loop's thread, during a herd.
+HERD_FRAMES = [
+    "handler.<locals>.wrapper",
+    "Logger.log",
+    "Pool.run",
+    "settled",
+    "NodeService._finish",
 ]
 COLD_FRAMES = [
     "Puller._resolve_manifest",
@@ -69,12 +81,12 @@ def py_spy() -> str | None:
 
 
 class Spy:
-    def __init__(self, executable: str, pid: int, out: Path) -> None:
+    def __init__(self, executable: str, pid: int, out: Path, *flags: str) -> None:
         self.out = out
         self.process = subprocess.Popen(
             [
                 *(executable, "record", "--pid", str(pid), "--rate", "1000", "--format", "raw"),
-                *("--threads", "--idle", "--native", "--output", str(out)),
+                *("--threads", "--idle", "--native", *flags, "--output", str(out)),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -156,8 +168,8 @@ def profile(
     spy.stop()
     for pod in pods:
         kubelet.unpublish(pod)
-    total, found = shares(spy.out, "NodePublishVolume", WARM_FRAMES)
-    print(f"\npy-spy, warm publish handler threads ({total} samples): inclusive share")
+    total, found = shares(spy.out, "NodeService._start", WARM_FRAMES)
+    print(f"\npy-spy, warm publish steps on worker threads ({total} samples): inclusive share")
     for frame, share in found.items():
         print(f"  {share * 100:5.1f}%  {frame}")
 
@@ -175,6 +187,38 @@ def profile(
     spy.stop()
     total, found = shares(spy.out, "Puller._run", COLD_FRAMES)
     print(f"\npy-spy, cold 4 MiB publish pull threads ({total} samples): inclusive share")
+    for frame, share in found.items():
+        print(f"  {share * 100:5.1f}%  {frame}")
+    herd_profile(kubelet, driver, registry, executable, work)
+
+
+def herd_profile(
+    kubelet: Kubelet, driver: DriverProcess, registry: Registry, executable: str, work: Path
+) -> None:
+    assert driver.process is not None
+    refs = [
+        push_wasm_artifact(
+            registry, f"prof/herd{i}", "v1", make_module(4 * MIB, f"h{i}-{time.time_ns()}")
+        ).reference
+        for i in range(4)
+    ]
+    spy = Spy(executable, driver.process.pid, work / "herd.txt", "--gil")
+    for ref in refs:
+        herd(kubelet, ref, 100)
+    spy.stop()
+    threads: collections.Counter[str] = collections.Counter()
+    for line in spy.out.read_text().splitlines():
+        stack, _, number = line.rpartition(" ")
+        if number.isdigit():
+            # "thread (12345): local_0" -> "local"; names without a number stay whole
+            name = stack.split(";")[0].partition(": ")[2]
+            threads[re.sub(r"[_ ].*", "", name)] += int(number)
+    total = sum(threads.values())
+    print(f"\npy-spy --gil, 4 herds of 100 pods ({total} samples): the GIL's holder")
+    for name, count in threads.most_common(6):
+        print(f"  {count / max(total, 1) * 100:5.1f}%  {name}")
+    loop_total, found = shares(spy.out, "rpc-loop", HERD_FRAMES)
+    print(f"  of the event loop's thread ({loop_total} samples), inclusive share")
     for frame, share in found.items():
         print(f"  {share * 100:5.1f}%  {frame}")
 
