@@ -104,12 +104,19 @@ def test_find_mount_in_fixture_no_match(tmp_path: Path, target: str) -> None:
     assert find_mount(Path(target), path) is None
 
 
-def test_find_mount_agrees_with_read_mountinfo() -> None:
-    """The fast path (substring search) finds what a full parse finds, for every mount."""
-    entries = read_mountinfo()
+def test_find_mount_agrees_with_read_mountinfo(tmp_path: Path) -> None:
+    """The fast path (substring search) finds what a full parse finds, for every mount.
+
+    Both read one snapshot of this machine's mount table: other processes mount and
+    remount while the test runs, and the live table could differ between two reads.
+    """
+    snapshot = tmp_path / "mountinfo"
+    snapshot.write_bytes(Path("/proc/self/mountinfo").read_bytes())
+    entries = read_mountinfo(snapshot)
     topmost = {entry.mount_point: entry for entry in entries}
+    assert topmost
     for mount_point, entry in topmost.items():
-        assert find_mount(Path(mount_point)) == entry
+        assert find_mount(Path(mount_point), snapshot) == entry
 
 
 def test_read_mountinfo_of_this_process() -> None:
