@@ -13,12 +13,16 @@ from csi_wasm.catalog.status import READY, read_status, status_path
 def catalog_command(
     root: Path, *, as_json: bool = False, out: Callable[[str], None] = print
 ) -> int:
-    """Exit status: 0 every entry is ready, 1 otherwise (or no catalog), 2 no status at all."""
+    """Exit status (CONTRACT §10): 0 when every entry is ready, 1 otherwise.
+
+    No status file yet (serve never ran with this --root, or has not written it) is
+    "not ready": 1, with a line saying where it looked.
+    """
     path = status_path(catalog_dir(root))
     status = read_status(path)
     if status is None:
         out(f"csi-wasm: no catalog status at {path} (check --root; is serve running?)")
-        return 2
+        return 1
     entries = [
         {
             "name": e.name,
