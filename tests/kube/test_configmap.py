@@ -28,157 +28,28 @@ from support.apiserver import (
     query_of,
     self_signed,
 )
+from support.logs import logged_text, warnings_in
+from support.prefetch import HEX_A, HEX_B, PINNED, A, B
 
 import csi_wasm
 from csi_wasm import __version__
-from csi_wasm.attributes import ModuleRequest
 from csi_wasm.kube.configmap import (
     ConfigMapWatcher,
     CoreV1ConfigMapApi,
     parse_configmap_ref,
     watcher_from_environment,
 )
-from csi_wasm.logs import JsonFormatter
 from csi_wasm.prefetch import (
     PrefetchEntry,
     Prefetcher,
 )
 
-HEX_A = "a" * 64
-HEX_B = "b" * 64
-HEX_C = "c" * 64
-HEX_D = "d" * 64
 NS = "csi-wasm"
 NAME = "csi-wasm-prefetch"
 TOKEN = "sa-token-5e1f0c2d9b"
-SIGNATURE = "sig-8d7c6b5a"  # in a signed URL's query: never logged
 
 
-def logged_text(caplog: pytest.LogCaptureFixture) -> str:
-    formatter = JsonFormatter()
-    return "\n".join(formatter.format(record) for record in caplog.records)
-
-
-def warnings_in(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-
-
-# --- the list -------------------------------------------------------------------------
-
-
-class FakeTime:
-    """The prefetcher's clock and wait. The worker only moves on when notified: by the
-    prefetcher itself (new list, stop) or by :meth:`advance` / :meth:`settle`."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.timeouts: list[float | None] = []  # what the worker asked to wait, in order
-        self._meta = threading.Condition()
-        self._conditions: list[threading.Condition] = []
-        self._generation = 0
-        self._slept_at = -1
-        self._sleeping = False
-
-    def clock(self) -> float:
-        return self.now
-
-    def wait(self, condition: threading.Condition, timeout: float | None) -> bool:
-        # Called with ``condition`` held, as Condition.wait is.
-        with self._meta:
-            if condition not in self._conditions:
-                self._conditions.append(condition)
-            self._sleeping = True
-            self._slept_at = self._generation
-            self.timeouts.append(timeout)
-            self._meta.notify_all()
-        condition.wait()
-        with self._meta:
-            self._sleeping = False
-        return True
-
-    def settle(self, action: Callable[[], object] | None = None) -> None:
-        """Do ``action``, then wait until the worker has handled everything due."""
-        if action is not None:
-            action()
-        with self._meta:
-            self._generation += 1
-            conditions = list(self._conditions)
-        for condition in conditions:
-            with condition:
-                condition.notify_all()
-        with self._meta:
-            settled = self._meta.wait_for(
-                lambda: self._sleeping and self._slept_at == self._generation, timeout=10
-            )
-        assert settled, "the prefetch worker did not settle"
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        self.settle()
-
-
-Outcome = str | Exception
-
-
-class FakeFetch:
-    """Outcomes per source (``str(request.source)``); the last one repeats."""
-
-    def __init__(self, outcomes: dict[str, list[Outcome]], time_: FakeTime) -> None:
-        self.outcomes = outcomes
-        self.calls: list[tuple[str, float]] = []  # (source, clock at the call)
-        self.gates: dict[str, threading.Event] = {}
-        self.entered = threading.Event()
-        self._time = time_
-        self._lock = threading.Lock()
-
-    def __call__(self, request: ModuleRequest) -> str:
-        key = str(request.source)
-        with self._lock:
-            self.calls.append((key, self._time.now))
-            outcomes = self.outcomes[key]
-            outcome = outcomes.pop(0) if len(outcomes) > 1 else outcomes[0]
-        gate = self.gates.get(key)
-        if gate is not None:
-            self.entered.set()
-            assert gate.wait(10)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
-    def sources(self) -> list[str]:
-        with self._lock:
-            return [source for source, _ in self.calls]
-
-
-A = "ghcr.io/acme/a:v1"
-B = "ghcr.io/acme/b:v1"
-LATEST = "ghcr.io/acme/c"  # no tag: latest, pull policy Always
-PINNED = f"ghcr.io/acme/d@sha256:{HEX_D}"
-
-
-@pytest.fixture
-def fake_time() -> FakeTime:
-    return FakeTime()
-
-
-@pytest.fixture
-def make_prefetcher(fake_time: FakeTime) -> Iterator[Callable[..., Prefetcher]]:
-    made: list[Prefetcher] = []
-
-    def make(fetch: Callable[[ModuleRequest], str], **options: Any) -> Prefetcher:
-        options.setdefault("clock", fake_time.clock)
-        options.setdefault("wait", fake_time.wait)
-        options.setdefault("jitter", lambda: 0.0)
-        prefetcher = Prefetcher(fetch, **options)
-        made.append(prefetcher)
-        return prefetcher
-
-    yield make
-    for prefetcher in made:
-        prefetcher.stop()
-
-
-# --- the prefetcher -------------------------------------------------------------------
+# --- fakes and helpers ---------------------------------------------------------------
 
 
 def core_v1_api(url: str, **settings: Any) -> object:
@@ -735,8 +606,7 @@ def test_in_a_cluster_the_watcher_uses_the_service_account(
 
 def test_importing_the_module_does_not_load_the_kubernetes_client() -> None:
     code = (
-        "import sys, csi_wasm.kube.configmap, csi_wasm.prefetch\n"
-        "print('kubernetes' in sys.modules)"
+        "import sys, csi_wasm.kube.configmap, csi_wasm.prefetch\nprint('kubernetes' in sys.modules)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],

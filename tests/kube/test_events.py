@@ -22,6 +22,7 @@ import pytest
 from kubernetes import client
 from kubernetes.config import incluster_config
 from support.apiserver import SECRET_IN_ERRORS, FakeApiServer, RecordedRequest, self_signed
+from support.logs import logged_text
 
 import csi_wasm
 from csi_wasm import __version__
@@ -36,7 +37,6 @@ from csi_wasm.kube.events import (
     pulled_message,
     recorder_from_environment,
 )
-from csi_wasm.logs import JsonFormatter
 
 TOKEN = "sa-token-7b2f1c9e0d"
 POD = PodInfo(namespace="shop", name="web-0", uid="6f1c2d3e-0000-4000-8000-000000000001")
@@ -125,11 +125,6 @@ def make_recorder(server: FakeApiServer, clock: FakeClock) -> Iterator[Factory]:
 @pytest.fixture
 def recorder(make_recorder: Factory) -> KubernetesEventRecorder:
     return make_recorder()
-
-
-def logged_text(caplog: pytest.LogCaptureFixture) -> str:
-    formatter = JsonFormatter()
-    return "\n".join(formatter.format(record) for record in caplog.records)
 
 
 # --- what goes on the wire ------------------------------------------------------------

@@ -3,36 +3,16 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
+from support.prefetch import HEX_A, HEX_B, SIGNATURE
 
-from csi_wasm.logs import JsonFormatter
 from csi_wasm.prefetch import (
     PrefetchEntry,
     parse_prefetch_flag,
     parse_prefetch_list,
 )
 from csi_wasm.verify import Abi
-
-HEX_A = "a" * 64
-HEX_B = "b" * 64
-HEX_C = "c" * 64
-HEX_D = "d" * 64
-NS = "csi-wasm"
-NAME = "csi-wasm-prefetch"
-TOKEN = "sa-token-5e1f0c2d9b"
-SIGNATURE = "sig-8d7c6b5a"  # in a signed URL's query: never logged
-
-
-def logged_text(caplog: pytest.LogCaptureFixture) -> str:
-    formatter = JsonFormatter()
-    return "\n".join(formatter.format(record) for record in caplog.records)
-
-
-def warnings_in(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-
 
 # --- the list -------------------------------------------------------------------------
 

@@ -14,35 +14,17 @@ from functools import partial
 from typing import Any
 
 import pytest
+from support.logs import logged_text, warnings_in
+from support.prefetch import HEX_A, HEX_B, HEX_C, HEX_D, LATEST, PINNED, SIGNATURE, A, B
 
 from csi_wasm.attributes import ModuleRequest
 from csi_wasm.errors import DigestMismatch, NotFound, Unavailable
-from csi_wasm.logs import JsonFormatter
 from csi_wasm.prefetch import (
     PrefetchEntry,
     Prefetcher,
 )
 
-HEX_A = "a" * 64
-HEX_B = "b" * 64
-HEX_C = "c" * 64
-HEX_D = "d" * 64
-NS = "csi-wasm"
-NAME = "csi-wasm-prefetch"
-TOKEN = "sa-token-5e1f0c2d9b"
-SIGNATURE = "sig-8d7c6b5a"  # in a signed URL's query: never logged
-
-
-def logged_text(caplog: pytest.LogCaptureFixture) -> str:
-    formatter = JsonFormatter()
-    return "\n".join(formatter.format(record) for record in caplog.records)
-
-
-def warnings_in(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-
-
-# --- the list -------------------------------------------------------------------------
+# --- fakes ---------------------------------------------------------------------------
 
 
 class FakeTime:
@@ -182,12 +164,6 @@ class FakeFetch:
             batches.append(sorted(sources[:size]))
             sources = sources[size:]
         return [*batches, sources] if sources else batches
-
-
-A = "ghcr.io/acme/a:v1"
-B = "ghcr.io/acme/b:v1"
-LATEST = "ghcr.io/acme/c"  # no tag: latest, pull policy Always
-PINNED = f"ghcr.io/acme/d@sha256:{HEX_D}"
 
 
 @pytest.fixture
