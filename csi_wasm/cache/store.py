@@ -390,18 +390,7 @@ class ModuleStore:
         reference entry when its manifest entry is gone, a module's facts with it.
         """
         removed = self.facts.prune(self.has_module)
-        with os.scandir(self.manifests_dir) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue  # a write in progress (write_atomic's temp file)
-                try:
-                    module_hex = Path(entry.path).read_text().strip()
-                except FileNotFoundError:
-                    continue
-                except (OSError, ValueError):
-                    module_hex = ""
-                if not (is_sha256_hex(module_hex) and self.has_module(module_hex)):
-                    removed += remove(Path(entry.path), durable=False)
+        removed += self._prune_module_pointers(self.manifests_dir)
         with os.scandir(self.refs_dir) as entries:
             for entry in entries:
                 if entry.name.startswith("."):
@@ -423,11 +412,18 @@ class ModuleStore:
         return removed
 
     def _prune_verdicts(self) -> int:
+        with contextlib.suppress(FileNotFoundError):  # no verification kept yet
+            return self._prune_module_pointers(self.verdicts_dir)
+        return 0
+
+    def _prune_module_pointers(self, directory: Path) -> int:
+        """Remove the entries of ``directory`` (each a module's hex) that lead to no
+        stored module; returns how many."""
         removed = 0
-        with contextlib.suppress(FileNotFoundError), os.scandir(self.verdicts_dir) as entries:
+        with os.scandir(directory) as entries:
             for entry in entries:
                 if entry.name.startswith("."):
-                    continue
+                    continue  # a write in progress (write_atomic's temp file)
                 try:
                     module_hex = Path(entry.path).read_text().strip()
                 except FileNotFoundError:
