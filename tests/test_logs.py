@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import logging.handlers
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ def restore_logging() -> Iterator[None]:
     try:
         yield
     finally:
+        logs.stop()
         root.handlers[:] = handlers
         root.setLevel(level)
         logging.getLogger("urllib3").setLevel(urllib3_level)
@@ -46,6 +49,12 @@ def capture() -> Iterator[tuple[logging.Logger, io.StringIO]]:
         logger.removeHandler(handler)
         logger.propagate = True
         logger.setLevel(logging.NOTSET)
+
+
+def _written(capsys: pytest.CaptureFixture[str]) -> str:
+    """What reached stderr, once the writer's thread has written every queued line."""
+    logs.flush()
+    return capsys.readouterr().err
 
 
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:
@@ -116,7 +125,7 @@ def test_exception_has_traceback_field_on_one_line(
 def test_configure_writes_json_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     configure("debug")
     logging.getLogger("csi_wasm.x").debug("hello", extra={"fields": {"k": "v"}})
-    err = capsys.readouterr().err
+    err = _written(capsys)
     (entry,) = [json.loads(line) for line in err.splitlines()]
     assert (entry["msg"], entry["level"], entry["k"]) == ("hello", "debug", "v")
     assert len(logging.getLogger().handlers) == 1
@@ -140,7 +149,7 @@ def test_configure_levels(
     log.info("info")
     log.warning("warning")
     log.error("error")
-    got = [json.loads(line)["msg"] for line in capsys.readouterr().err.splitlines()]
+    got = [json.loads(line)["msg"] for line in _written(capsys).splitlines()]
     assert got == shown
     assert not set(got) & set(hidden)
 
@@ -149,14 +158,14 @@ def test_configure_twice_keeps_one_handler(capsys: pytest.CaptureFixture[str]) -
     configure("info")
     configure("info")
     logging.getLogger("csi_wasm.twice").info("once")
-    assert len(capsys.readouterr().err.splitlines()) == 1
+    assert len(_written(capsys).splitlines()) == 1
 
 
 def test_configure_quietens_urllib3(capsys: pytest.CaptureFixture[str]) -> None:
     configure("debug")
     logging.getLogger("urllib3.connectionpool").debug("GET /token?secret=1")
     logging.getLogger("urllib3.connectionpool").warning("retrying")
-    got = [json.loads(line)["msg"] for line in capsys.readouterr().err.splitlines()]
+    got = [json.loads(line)["msg"] for line in _written(capsys).splitlines()]
     assert got == ["retrying"]
 
 
@@ -168,3 +177,65 @@ def test_configure_refuses_unknown_level(level: str) -> None:
 
 def test_levels_constant() -> None:
     assert logs.LEVELS == ("debug", "info", "warning", "error")
+
+
+def test_lines_are_written_off_the_calling_thread_in_order(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure("info")
+    writers: list[str] = []
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, logging.handlers.QueueHandler)
+    (running,) = logs._running
+    writer = running.handler
+    original = writer.emit
+
+    def emit(record: logging.LogRecord) -> None:
+        writers.append(threading.current_thread().name)
+        original(record)
+
+    writer.emit = emit  # type: ignore[method-assign]
+    log = logging.getLogger("csi_wasm.order")
+    for i in range(500):
+        log.info("line %d", i, extra={"fields": {"i": i}})
+    got = [json.loads(line) for line in _written(capsys).splitlines()]
+    assert [entry["i"] for entry in got] == list(range(500))
+    assert [entry["msg"] for entry in got[:2]] == ["line 0", "line 1"]
+    assert set(writers) != {threading.current_thread().name}
+    assert len(writers) == 500
+
+
+def test_stop_writes_every_queued_line_and_later_lines_directly(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure("info")
+    log = logging.getLogger("csi_wasm.stop")
+    for i in range(200):
+        log.info("queued", extra={"fields": {"i": i}})
+    logs.stop()
+    log.info("after stop", extra={"fields": {"i": 200}})
+    got = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [entry["i"] for entry in got] == list(range(201))
+    assert got[-1]["msg"] == "after stop"
+
+
+def test_traceback_survives_the_queue(capsys: pytest.CaptureFixture[str]) -> None:
+    configure("info")
+    try:
+        _ = 1 / 0
+    except ZeroDivisionError:
+        logging.getLogger("csi_wasm.queued").exception("failed %s", "here")
+    (entry,) = [json.loads(line) for line in _written(capsys).splitlines()]
+    assert entry["msg"] == "failed here"
+    assert "ZeroDivisionError: division by zero" in entry["traceback"]
+
+
+def test_arguments_are_read_when_logged_not_when_written(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure("info")
+    state = ["before"]
+    logging.getLogger("csi_wasm.args").info("state %s", state)
+    state[0] = "after"
+    (entry,) = [json.loads(line) for line in _written(capsys).splitlines()]
+    assert entry["msg"] == "state ['before']"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import grpc
 
-from csi_wasm import __version__
+from csi_wasm import __version__, logs
 from csi_wasm._proto import csi_pb2_grpc
 from csi_wasm.access import AccessRecords
 from csi_wasm.attributes import NODE_CATALOG
@@ -169,6 +169,7 @@ class Driver:
             self.metrics_server.stop()
         self.registry.close()
         self.socket.unlink(missing_ok=True)
+        logs.flush()  # every RPC's line is out before stop returns
 
 
 def _node_keychain(path: str | None) -> Keychain | None:
