@@ -104,3 +104,17 @@ def test_one_json_line_per_rpc_and_no_secret_in_logs(
     assert isinstance(publish[0]["duration_ms"], float)
     assert [e["code"] for e in rpcs if e["method"] == "NodeUnpublishVolume"] == ["OK"]
     assert not [e for e in rpcs if e["method"] == "Probe"]  # debug level only
+
+
+def test_every_rpc_line_is_written_before_the_process_exits(
+    process: DriverProcess, node_dirs: NodeDirs
+) -> None:
+    process.start()
+    with connect(node_dirs) as kubelet:
+        for _ in range(300):  # lines queued for the log's writer thread
+            kubelet.node.NodeGetInfo(csi_pb2.NodeGetInfoRequest())
+    assert process.terminate() == 0  # straight after the last call
+
+    entries = [json.loads(line) for line in process.log().splitlines()]
+    assert [e.get("method") for e in entries].count("NodeGetInfo") == 300
+    assert all(e["code"] == "OK" for e in entries if e.get("method") == "NodeGetInfo")
