@@ -21,7 +21,7 @@ import asyncio
 import errno
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -196,15 +196,9 @@ class NodeService:
             module="",
             pod=pod,
         )
-        existing = self._records.get(volume_id)
+        existing = self._republished(wanted, target, lambda e: f"with url {e.url!r}")
         if existing is not None:
-            if not existing.matches(wanted):
-                raise AlreadyExists(
-                    f"volume {volume_id} is already published at {existing.target_path} "
-                    f"with url {existing.url!r}; unpublish it first"
-                )
-            if _is_read_only(self._mounter.find_mount(target)):
-                return PublishResult(existing.module, 0, True, already_published=True)
+            return PublishResult(existing.module, 0, True, already_published=True)
         keychain = Keychain.from_secrets(request.secrets)
         prepared = _Prepared(wanted, target, self._modules.find(module_request, keychain))
         if prepared.lookup.waits:
@@ -234,17 +228,26 @@ class NodeService:
         if source is None:
             raise FailedPrecondition(f"catalog {catalog!r} is not served by this driver")
         wanted = VolumeRecord(volume_id, os.fspath(target), "", None, "", pod, catalog=catalog)
-        existing = self._records.get(volume_id)
-        if existing is not None:
-            if not existing.matches(wanted):
-                raise AlreadyExists(
-                    f"volume {volume_id} is already published at {existing.target_path} "
-                    f"as another volume; unpublish it first"
-                )
-            if _is_read_only(self._mounter.find_mount(target)):
-                return PublishResult("", 0, True, already_published=True, catalog=catalog)
+        if self._republished(wanted, target, lambda _: "as another volume") is not None:
+            return PublishResult("", 0, True, already_published=True, catalog=catalog)
         self._mount(wanted, source, target)
         return PublishResult("", 0, True, already_published=False, catalog=catalog)
+
+    def _republished(
+        self, wanted: VolumeRecord, target: Path, otherwise: Callable[[VolumeRecord], str]
+    ) -> VolumeRecord | None:
+        """The volume's record when this publish repeats one done and mounted (CSI wants
+        success then); AlreadyExists, saying ``otherwise(record)``, when it was published
+        differently."""
+        existing = self._records.get(wanted.volume_id)
+        if existing is None:
+            return None
+        if not existing.matches(wanted):
+            raise AlreadyExists(
+                f"volume {wanted.volume_id} is already published at {existing.target_path} "
+                f"{otherwise(existing)}; unpublish it first"
+            )
+        return existing if _is_read_only(self._mounter.find_mount(target)) else None
 
     def unpublish(self, volume_id: str, target_path: str) -> None:
         volume_id = _require(volume_id, "volume_id")

@@ -158,6 +158,13 @@ def test_a_pod_mounting_the_catalog_sees_a_moved_tag_without_a_remount(
         assert hash_of(by_digest / f"{v1.module_sha256}.wasm") == v1.module_sha256
         kubelet.publish(pod, CATALOG_VOLUME)  # idempotent
         assert mount_line(pod.target)[0] == mount_id
+        other = kubelet.new_pod()  # its volume already holds a module: no catalog there
+        kubelet.publish(other, {"url": f"oci://{v2.reference}"})
+        code, message = rpc_error(lambda: kubelet.publish(other, CATALOG_VOLUME))
+        assert code == grpc.StatusCode.ALREADY_EXISTS
+        assert f"volume {other.volume_id} is already published" in message
+        assert "as another volume; unpublish it first" in message
+        kubelet.unpublish(other)
         kubelet.unpublish(pod)
         assert not pod.target.exists()
         assert not list((node_dirs.root / "volumes").iterdir())
