@@ -24,6 +24,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 
+from csi_wasm.verify.files import read_capped
+
 MAX_KEY_FILE_BYTES = 64 * 1024
 _MIN_RSA_BITS = 2048
 _MAX_RSA_BITS = 4096
@@ -128,13 +130,7 @@ def parse_public_key(name: str, pem: bytes, where: str) -> PublicKey:
 
 def load_key_file(name: str, path: Path) -> PublicKey:
     """Read ``--verify-key NAME=PATH``; :class:`KeyFileError` naming the file on any problem."""
-    try:
-        with path.open("rb") as handle:
-            pem = handle.read(MAX_KEY_FILE_BYTES + 1)
-    except OSError as error:
-        raise KeyFileError(f"cannot read key file {path}: {error.strerror or error}") from None
-    if len(pem) > MAX_KEY_FILE_BYTES:
-        raise KeyFileError(f"key file {path} is larger than {MAX_KEY_FILE_BYTES} bytes")
+    pem = read_capped(path, MAX_KEY_FILE_BYTES, "key file", KeyFileError)
     return parse_public_key(name, pem, f"key file {path}")
 
 

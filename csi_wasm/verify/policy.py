@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from csi_wasm.errors import FailedPrecondition, InvalidArgument
+from csi_wasm.verify.files import read_capped
 
 MAX_POLICY_FILE_BYTES = 1024 * 1024
 _RULE_FIELDS = frozenset({"match", "keys", "mode"})
@@ -191,13 +192,7 @@ def load_policy(
     """Read ``--verify-policy`` (no file: no rules); :class:`PolicyError` on any problem."""
     if path is None:
         return Policy((), unmatched_deny, frozenset(keys))
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_POLICY_FILE_BYTES + 1)
-    except OSError as error:
-        raise PolicyError(f"cannot read policy file {path}: {error.strerror or error}") from None
-    if len(data) > MAX_POLICY_FILE_BYTES:
-        raise PolicyError(f"policy file {path} is larger than {MAX_POLICY_FILE_BYTES} bytes")
+    data = read_capped(path, MAX_POLICY_FILE_BYTES, "policy file", PolicyError)
     try:
         text = data.decode()
     except UnicodeDecodeError:
