@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,18 +72,36 @@ def store(node_dirs: NodeDirs) -> ModuleStore:
 
 
 @pytest.fixture
-def service(
-    node_dirs: NodeDirs, registry: Registry, events: RecordingEvents, store: ModuleStore
-) -> Iterator[NodeService]:
-    settings = PullSettings(insecure_registries=frozenset({registry.host}))
-    records = VolumeRecords(node_dirs.root / "volumes")
-    records.prepare()
-    access = AccessRecords(node_dirs.root / "access")
-    access.prepare()
-    client = RegistryClient(RegistryOptions(insecure_registries=settings.insecure_registries))
-    puller = Puller(store, client, settings, access)
-    yield NodeService(node_dirs.kubelet_dir / "pods", puller, records, KernelMounter(), events)
-    client.close()
+def client(registry: Registry) -> Iterator[RegistryClient]:
+    made = RegistryClient(RegistryOptions(insecure_registries=frozenset({registry.host})))
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def make_service(
+    node_dirs: NodeDirs,
+    registry: Registry,
+    events: RecordingEvents,
+    store: ModuleStore,
+    client: RegistryClient,
+) -> Callable[..., NodeService]:
+    def make(signatures: SignatureGate | None = None) -> NodeService:
+        settings = PullSettings(insecure_registries=frozenset({registry.host}))
+        records = VolumeRecords(node_dirs.root / "volumes")
+        records.prepare()
+        access = AccessRecords(node_dirs.root / "access")
+        access.prepare()
+        puller = Puller(store, client, settings, access, signatures=signatures)
+        pods = node_dirs.kubelet_dir / "pods"
+        return NodeService(pods, puller, records, KernelMounter(), events)
+
+    return make
+
+
+@pytest.fixture
+def service(make_service: Callable[..., NodeService]) -> NodeService:
+    return make_service()
 
 
 def _pod(dirs: NodeDirs, name: str) -> PodVolume:
@@ -219,6 +237,8 @@ def test_signature_failures_are_reported_as_signature_events(
     registry: Registry,
     events: RecordingEvents,
     store: ModuleStore,
+    client: RegistryClient,
+    make_service: Callable[..., NodeService],
     unique_repo: str,
 ) -> None:
     keys = {"team-a": parse_public_key("team-a", Signer.p256().public_pem(), "team-a")}
@@ -227,28 +247,18 @@ def test_signature_failures_are_reported_as_signature_events(
         f'- {{match: "{registry.host}/{unique_repo}/warned", keys: [team-a], mode: warn}}\n'
         f'- {{match: "{registry.host}/v2/{unique_repo}/warned/**", keys: [team-a], mode: warn}}\n'
     )
-    settings = PullSettings(insecure_registries=frozenset({registry.host}))
-    records = VolumeRecords(node_dirs.root / "volumes")
-    records.prepare()
-    access = AccessRecords(node_dirs.root / "access")
-    access.prepare()
-    client = RegistryClient(RegistryOptions(insecure_registries=settings.insecure_registries))
     gate = SignatureGate(keys, parse_policy(rules, "p", keys), store, client)
-    puller = Puller(store, client, settings, access, signatures=gate)
-    service = NodeService(node_dirs.kubelet_dir / "pods", puller, records, KernelMounter(), events)
+    service = make_service(signatures=gate)
     module = make_module(1024, "unsigned")
     enforced = push_wasm_artifact(registry, f"{unique_repo}/enforced", "v1", module)
     warned = push_wasm_artifact(registry, f"{unique_repo}/warned", "v1", module)
-    try:
-        with pytest.raises(SignatureRejected) as refused:
-            service.publish(_request(_pod(node_dirs, "a"), enforced.reference), wait=30)
-        service.publish(_request(_pod(node_dirs, "b"), warned.reference), wait=30)
-        blob_url = f"http://{registry.host}/v2/{unique_repo}/warned/blobs/{warned.layer_digest}"
-        url_pod = _pod(node_dirs, "c")
-        service.publish(_request(url_pod, blob_url, sha256=warned.module_sha256), wait=30)
-        assert (url_pod.target / "plugin.wasm").read_bytes() == module
-    finally:
-        client.close()
+    with pytest.raises(SignatureRejected) as refused:
+        service.publish(_request(_pod(node_dirs, "a"), enforced.reference), wait=30)
+    service.publish(_request(_pod(node_dirs, "b"), warned.reference), wait=30)
+    blob_url = f"http://{registry.host}/v2/{unique_repo}/warned/blobs/{warned.layer_digest}"
+    url_pod = _pod(node_dirs, "c")
+    service.publish(_request(url_pod, blob_url, sha256=warned.module_sha256), wait=30)
+    assert (url_pod.target / "plugin.wasm").read_bytes() == module
     assert events.seen[0] == ("SignatureVerificationFailed", "team/a", refused.value.message)
     reason, pod, message = events.seen[1]
     assert (reason, pod) == ("SignatureVerificationFailed", "team/b")
