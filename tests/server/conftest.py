@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 from support.driver import NodeDirs, StartDriver, in_process
+from support.files import FileServer
 from support.kubelet import Kubelet
 from support.registry import Registry
 
@@ -29,3 +31,13 @@ def start_driver(node_dirs: NodeDirs) -> Iterator[StartDriver]:
 def kubelet(start_driver: StartDriver, registry: Registry) -> Kubelet:
     """A driver that trusts the anonymous test registry over plain HTTP."""
     return start_driver(insecure_registries=frozenset({registry.host}))
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Iterator[tuple[Path, FileServer]]:
+    """A directory and the HTTP server that serves it (for modules named by URL)."""
+    directory = tmp_path / "www"
+    directory.mkdir()
+    server = FileServer(directory)
+    yield directory, server
+    server.close()

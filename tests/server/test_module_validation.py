@@ -141,15 +141,6 @@ def test_broken_modules_are_refused_each_with_its_own_message(
     assert _rejections(driver, reason) == 1
 
 
-@pytest.fixture
-def files(tmp_path: Path) -> Iterator[tuple[Path, FileServer]]:
-    directory = tmp_path / "www"
-    directory.mkdir()
-    server = FileServer(directory)
-    yield directory, server
-    server.close()
-
-
 def test_refused_in_every_format_and_from_a_url(
     node_dirs: NodeDirs, registry: Registry, unique_repo: str, files: tuple[Path, FileServer]
 ) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -14,15 +13,6 @@ from support.files import FileServer
 from support.kubelet import Kubelet, rpc_error
 from support.oci import make_layer_tar
 from support.wasm import make_module
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> Iterator[tuple[Path, FileServer]]:
-    directory = tmp_path / "www"
-    directory.mkdir()
-    server = FileServer(directory)
-    yield directory, server
-    server.close()
 
 
 @pytest.fixture
