@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,18 +17,21 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.config import incluster_config
 from support.apiserver import (
     SECRET_IN_ERRORS,
     FakeConfigMapApiServer,
     RecordedRequest,
     query_of,
-    self_signed,
+)
+from support.incluster import (
+    at_api_server,
+    broken_in_cluster_config,
+    imports_kubernetes,
+    service_account,
 )
 from support.logs import logged_text, warnings_in
 from support.prefetch import HEX_A, HEX_B, PINNED, A, B
 
-import csi_wasm
 from csi_wasm import __version__
 from csi_wasm.kube.configmap import (
     ConfigMapWatcher,
@@ -565,10 +565,7 @@ def test_no_watcher_without_a_configmap_or_outside_a_cluster(
 def test_a_broken_in_cluster_config_gives_no_watcher(
     monkeypatch: pytest.MonkeyPatch, changes: Changes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    if Path("/var/run/secrets/kubernetes.io/serviceaccount/token").exists():
-        pytest.skip("running in a pod: the in-cluster config would work")
-    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
-    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    broken_in_cluster_config(monkeypatch)
 
     assert watcher_from_environment(f"{NS}/{NAME}", changes) is None
     [warning] = warnings_in(caplog)
@@ -578,16 +575,9 @@ def test_a_broken_in_cluster_config_gives_no_watcher(
 def test_in_a_cluster_the_watcher_uses_the_service_account(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, changes: Changes
 ) -> None:
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command for the fake API server's certificate")
-    tls = self_signed(tmp_path)
-    token = tmp_path / "token"
-    token.write_text(TOKEN)
-    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
-    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(tls.cert))
+    tls = service_account(monkeypatch, tmp_path, TOKEN)
     with FakeConfigMapApiServer(tls=tls) as server:
-        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
-        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(server.port))
+        at_api_server(monkeypatch, server.port)
         server.put_configmap(NS, NAME, listed([A]))
 
         watcher = watcher_from_environment(f"{NS}/{NAME}", changes)
@@ -605,14 +595,4 @@ def test_in_a_cluster_the_watcher_uses_the_service_account(
 
 
 def test_importing_the_module_does_not_load_the_kubernetes_client() -> None:
-    code = (
-        "import sys, csi_wasm.kube.configmap, csi_wasm.prefetch\nprint('kubernetes' in sys.modules)"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=Path(csi_wasm.__file__).parents[1],
-    )
-    assert result.stdout.strip() == "False"
+    assert not imports_kubernetes("csi_wasm.kube.configmap, csi_wasm.prefetch")

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -20,11 +17,15 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.config import incluster_config
-from support.apiserver import SECRET_IN_ERRORS, FakeApiServer, RecordedRequest, self_signed
+from support.apiserver import SECRET_IN_ERRORS, FakeApiServer, RecordedRequest
+from support.incluster import (
+    at_api_server,
+    broken_in_cluster_config,
+    imports_kubernetes,
+    service_account,
+)
 from support.logs import logged_text
 
-import csi_wasm
 from csi_wasm import __version__
 from csi_wasm.attributes import PodInfo
 from csi_wasm.kube.events import (
@@ -624,10 +625,7 @@ def test_outside_a_cluster_there_is_no_recorder(monkeypatch: pytest.MonkeyPatch)
 def test_a_broken_in_cluster_config_is_logged_once_and_gives_no_recorder(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    if Path("/var/run/secrets/kubernetes.io/serviceaccount/token").exists():
-        pytest.skip("running in a pod: the in-cluster config would work")
-    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
-    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    broken_in_cluster_config(monkeypatch)
 
     recorder = recorder_from_environment(NODE)
 
@@ -640,16 +638,9 @@ def test_a_broken_in_cluster_config_is_logged_once_and_gives_no_recorder(
 def test_in_a_cluster_events_go_to_the_api_server_with_the_service_account_token(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command for the fake API server's certificate")
-    tls = self_signed(tmp_path)
-    token = tmp_path / "token"
-    token.write_text(TOKEN)
-    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
-    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(tls.cert))
+    tls = service_account(monkeypatch, tmp_path, TOKEN)
     with FakeApiServer(tls=tls) as server:
-        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
-        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(server.port))
+        at_api_server(monkeypatch, server.port)
 
         recorder = recorder_from_environment(NODE, driver_name="wasm.example.com")
         assert isinstance(recorder, KubernetesEventRecorder)
@@ -666,12 +657,4 @@ def test_in_a_cluster_events_go_to_the_api_server_with_the_service_account_token
 
 def test_importing_the_module_does_not_load_the_kubernetes_client() -> None:
     # The client is big and only needed in a cluster: recorder_from_environment loads it.
-    code = "import sys, csi_wasm.kube.events; print('kubernetes' in sys.modules)"
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=Path(csi_wasm.__file__).parents[1],
-    )
-    assert result.stdout.strip() == "False"
+    assert not imports_kubernetes("csi_wasm.kube.events")
