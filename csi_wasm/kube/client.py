@@ -8,6 +8,7 @@ here, when an API is wanted: it is large.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -49,3 +50,16 @@ def core_v1(kubeconfig: Path | None) -> Any:
     from kubernetes import client  # noqa: PLC0415
 
     return client.CoreV1Api(api_client(kubeconfig))
+
+
+def core_v1_or_warn(kubeconfig: Path | None, log: logging.Logger, off: str) -> Any | None:
+    """:func:`core_v1`, or None when the configuration cannot be loaded: ``log`` then warns
+    that it cannot reach the API and what is ``off`` (e.g. "pod events are off")."""
+    try:
+        return core_v1(kubeconfig)
+    except Exception as error:
+        log.warning(
+            f"cannot use {where(kubeconfig)} to reach the Kubernetes API: {off}",
+            extra={"fields": {"error": f"{type(error).__name__}: {str(error)[:200]}"}},
+        )
+        return None

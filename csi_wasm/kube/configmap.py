@@ -536,13 +536,7 @@ def watcher_from_environment(
             extra={"fields": {"configmap": configmap}},
         )
         return None
-    try:
-        api = CoreV1ConfigMapApi(kube_client.core_v1(kubeconfig))
-    except Exception as error:
-        log.warning(
-            f"cannot use {kube_client.where(kubeconfig)} to reach the Kubernetes API: "
-            "the prefetch ConfigMap is not followed",
-            extra={"fields": {"error": f"{type(error).__name__}: {str(error)[:200]}"}},
-        )
+    core_v1 = kube_client.core_v1_or_warn(kubeconfig, log, "the prefetch ConfigMap is not followed")
+    if core_v1 is None:
         return None
-    return ConfigMapWatcher(api, namespace, name, on_change, key)
+    return ConfigMapWatcher(CoreV1ConfigMapApi(core_v1), namespace, name, on_change, key)

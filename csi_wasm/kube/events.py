@@ -540,13 +540,8 @@ def recorder_from_environment(
     if not kube_client.reachable(kubeconfig):
         log.info("not running in a cluster (no KUBERNETES_SERVICE_HOST): pod events are off")
         return NullRecorder()
-    try:
-        api = CoreV1EventsApi(kube_client.core_v1(kubeconfig))
-    except Exception as error:
-        log.warning(
-            f"cannot use {kube_client.where(kubeconfig)} to reach the Kubernetes API: "
-            "pod events are off",
-            extra={"fields": {"error": f"{type(error).__name__}: {str(error)[:200]}"}},
-        )
+    core_v1 = kube_client.core_v1_or_warn(kubeconfig, log, "pod events are off")
+    if core_v1 is None:
         return NullRecorder()
+    api = CoreV1EventsApi(core_v1)
     return KubernetesEventRecorder(api, node_name=node_name, driver_name=driver_name)
