@@ -14,9 +14,9 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import logging.handlers
 import queue
 import sys
+import threading
 import time
 from typing import Any
 
@@ -45,26 +45,48 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-class _Enqueue(logging.handlers.QueueHandler):
-    """Queues the record itself, unformatted (the stdlib's formats it here, on the
-    caller's thread, and drops the traceback)."""
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        # Fix the message now: its arguments may change after the call returns.
-        record.msg = record.getMessage()
-        record.args = None
-        return record
-
-
 class _Writer:
-    """The thread that formats queued records and writes them to stderr."""
+    """The thread that formats queued records and writes them to stderr, in order."""
 
     def __init__(self) -> None:
         self.handler = logging.StreamHandler(sys.stderr)
         self.handler.setFormatter(JsonFormatter())
-        self.queue: queue.Queue[logging.LogRecord] = queue.Queue()
-        self.listener = logging.handlers.QueueListener(self.queue, self.handler)
-        self.listener.start()
+        # SimpleQueue: a put is one C call, no Python lock or condition on the caller's side.
+        self.queue: queue.SimpleQueue[logging.LogRecord | threading.Event | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._write, name="log-writer", daemon=True)
+        self._thread.start()
+
+    def _write(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if isinstance(item, threading.Event):
+                item.set()  # a flush: every record queued before it is written
+            else:
+                self.handler.handle(item)
+
+    def flush(self) -> None:
+        written = threading.Event()
+        self.queue.put(written)
+        written.wait()
+
+    def stop(self) -> None:
+        self.queue.put(None)  # after the records queued so far
+        self._thread.join()
+
+
+class _Enqueue(logging.Handler):
+    """Hands the record, unformatted, to the writer's thread."""
+
+    def __init__(self, writer: _Writer) -> None:
+        super().__init__()
+        self.writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Fix the message now: its arguments may change after the call returns.
+        record.msg = record.getMessage()
+        record.args = None
+        self.writer.queue.put(record)
 
 
 _running: list[_Writer] = []  # the configured writer, if any
@@ -77,7 +99,7 @@ def configure(level: str = "info") -> None:
     writer = _Writer()
     _running.append(writer)
     root = logging.getLogger()
-    root.handlers[:] = [_Enqueue(writer.queue)]
+    root.handlers[:] = [_Enqueue(writer)]
     root.setLevel(_LEVELS[level])
     # urllib3 logs full URLs with query strings (token realms); keep it quiet.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
@@ -86,7 +108,7 @@ def configure(level: str = "info") -> None:
 def flush() -> None:
     """Return once every line logged so far has been written (the driver's stop calls it)."""
     for writer in _running:
-        writer.queue.join()  # the listener marks each record done once it is written
+        writer.flush()
 
 
 def stop() -> None:
@@ -98,7 +120,7 @@ def stop() -> None:
         writer = _running.pop()
         root = logging.getLogger()
         root.handlers[:] = [writer.handler if isinstance(h, _Enqueue) else h for h in root.handlers]
-        writer.listener.stop()  # writes the records queued before it, then ends its thread
+        writer.stop()
 
 
 atexit.register(stop)

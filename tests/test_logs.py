@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import logging.handlers
 import re
 import threading
 from collections.abc import Iterator
@@ -184,8 +183,6 @@ def test_lines_are_written_off_the_calling_thread_in_order(
 ) -> None:
     configure("info")
     writers: list[str] = []
-    handler = logging.getLogger().handlers[0]
-    assert isinstance(handler, logging.handlers.QueueHandler)
     (running,) = logs._running
     writer = running.handler
     original = writer.emit

@@ -74,6 +74,13 @@ def status_of(error: CsiWasmError) -> grpc.StatusCode:
     return grpc.StatusCode[error.code]
 
 
+def _log_call(level: int, name: str, fields: dict[str, Any]) -> None:
+    # The record made directly: log.log would also look up the calling frame, which
+    # the JSON line never shows; this runs on the event loop once per call.
+    if log.isEnabledFor(level):
+        log.handle(log.makeRecord(log.name, level, "", 0, name, (), None, extra={"fields": fields}))
+
+
 def handler(method: Method[Servicer, Request, Response]) -> Method[Servicer, Request, Response]:
     name = method.__name__
     level = logging.DEBUG if name == "Probe" else logging.INFO
@@ -110,7 +117,7 @@ def handler(method: Method[Servicer, Request, Response]) -> Method[Servicer, Req
             }
             if message:
                 fields["error"] = message
-            log.log(level if code == "OK" else logging.WARNING, name, extra={"fields": fields})
+            _log_call(level if code == "OK" else logging.WARNING, name, fields)
             if self.on_call is not None:
                 self.on_call(name, code, seconds)
         await context.abort(grpc.StatusCode[code], message)
