@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
 from support.apiserver import (
     SECRET_IN_ERRORS,
     FakeConfigMapApiServer,
@@ -26,6 +25,7 @@ from support.apiserver import (
 from support.incluster import (
     at_api_server,
     broken_in_cluster_config,
+    core_v1_api,
     imports_kubernetes,
     service_account,
 )
@@ -50,18 +50,6 @@ TOKEN = "sa-token-5e1f0c2d9b"
 
 
 # --- fakes and helpers ---------------------------------------------------------------
-
-
-def core_v1_api(url: str, **settings: Any) -> object:
-    configuration = client.Configuration(
-        host=url,
-        api_key={"BearerToken": TOKEN},
-        api_key_prefix={"BearerToken": "Bearer"},
-    )
-    for name, value in settings.items():
-        setattr(configuration, name, value)
-    api: object = client.CoreV1Api(client.ApiClient(configuration))
-    return api
 
 
 class Changes:
@@ -161,7 +149,7 @@ def make_watcher(
         options.setdefault("jitter", lambda: 0.0)
         options.setdefault("min_healthy", 0.0)
         watcher = ConfigMapWatcher(
-            api if api is not None else CoreV1ConfigMapApi(core_v1_api(server.url)),
+            api if api is not None else CoreV1ConfigMapApi(core_v1_api(server.url, TOKEN)),
             NS,
             NAME,
             options.pop("on_change", changes),
@@ -453,7 +441,7 @@ def test_an_unreachable_api_server_never_raises(
 ) -> None:
     with FakeConfigMapApiServer() as gone:
         url = gone.url
-    api = CoreV1ConfigMapApi(core_v1_api(url, retries=0), request_timeout=2.0)
+    api = CoreV1ConfigMapApi(core_v1_api(url, TOKEN, retries=0), request_timeout=2.0)
 
     make_watcher(api=api)
 

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
 from support.apiserver import SECRET_IN_ERRORS, FakeApiServer, RecordedRequest
 from support.incluster import (
     at_api_server,
     broken_in_cluster_config,
+    core_v1_api,
     imports_kubernetes,
     service_account,
 )
@@ -80,16 +80,6 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def core_v1_api(url: str) -> object:
-    configuration = client.Configuration(
-        host=url,
-        api_key={"BearerToken": TOKEN},
-        api_key_prefix={"BearerToken": "Bearer"},
-    )
-    api: object = client.CoreV1Api(client.ApiClient(configuration))
-    return api
-
-
 @pytest.fixture
 def server() -> Iterator[FakeApiServer]:
     with FakeApiServer() as fake:
@@ -112,7 +102,7 @@ def make_recorder(server: FakeApiServer, clock: FakeClock) -> Iterator[Factory]:
         options.setdefault("node_name", NODE)
         options.setdefault("clock", clock)
         recorder = KubernetesEventRecorder(
-            api if api is not None else core_v1_api(server.url), **options
+            api if api is not None else core_v1_api(server.url, TOKEN), **options
         )
         made.append(recorder)
         return recorder
@@ -561,7 +551,7 @@ def test_no_api_server_is_logged_and_survived(
     caplog.set_level(logging.DEBUG)
     with FakeApiServer() as gone:
         url = gone.url  # a port nobody listens on once it is stopped
-    recorder = make_recorder(core_v1_api(url), request_timeout=2.0)
+    recorder = make_recorder(core_v1_api(url, TOKEN), request_timeout=2.0)
     recorder.failed(POD, REASON_FAILED_PULL, "first")
     recorder.failed(POD, REASON_FAILED_PULL, "second")
     recorder.close(timeout=20)

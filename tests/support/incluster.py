@@ -1,5 +1,6 @@
-"""The kubernetes client's in-cluster configuration, for tests of code that builds its
-client from the environment (csi_wasm.kube.events, csi_wasm.kube.configmap)."""
+"""The kubernetes client pointed at a fake API server (support.apiserver): directly
+(:func:`core_v1_api`) or through the in-cluster configuration, for tests of code that
+builds its client from the environment (csi_wasm.kube.events, csi_wasm.kube.configmap)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,28 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from kubernetes import client
 from kubernetes.config import incluster_config
 
 import csi_wasm
 from support.apiserver import TlsFiles, self_signed
+
+
+def core_v1_api(url: str, token: str, **settings: Any) -> object:
+    """A ``CoreV1Api`` on ``url`` with a bearer ``token``; ``settings`` set on its
+    Configuration (e.g. ``retries=0``)."""
+    configuration = client.Configuration(
+        host=url,
+        api_key={"BearerToken": token},
+        api_key_prefix={"BearerToken": "Bearer"},
+    )
+    for name, value in settings.items():
+        setattr(configuration, name, value)
+    api: object = client.CoreV1Api(client.ApiClient(configuration))
+    return api
 
 
 def service_account(monkeypatch: pytest.MonkeyPatch, directory: Path, token: str) -> TlsFiles:
