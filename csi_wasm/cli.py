@@ -369,8 +369,8 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
     _log_flag(flag)
     fsck = commands.add_parser(
         "fsck",
-        help="re-hash every cached module, quarantine any that no longer match its digest; "
-        "exit status 1 when one was removed",
+        help="re-hash and re-validate every cached module, quarantine any that no longer "
+        "matches its digest or is not valid WebAssembly; exit status 1 when one was removed",
     )
     flag = _flag_adder(fsck, env)
     _root_flag(flag)
