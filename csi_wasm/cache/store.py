@@ -91,6 +91,9 @@ class ModuleStore:
         self.lock = threading.Lock()
         self._pins: dict[str, int] = {}
         self._watch: set[str] | None = None
+        # Verdict entries read or written, by file name: a warm publish under a signature
+        # rule then reads no file. Still answered only while the module is stored.
+        self._verdicts: dict[str, str] = {}
 
     def prepare(self) -> int:
         """Create the layout and drop leftovers of interrupted pulls; returns how many."""
@@ -369,18 +372,27 @@ class ModuleStore:
         A verdict goes with its module: once the module is evicted, the verdict reads as
         absent (and :meth:`prune_index` removes it), so a new pull verifies again.
         """
-        entry = self.verdicts_dir / f"{_hex(manifest_digest)}.{fingerprint}"
-        try:
-            module_hex = entry.read_text().strip()
-        except (FileNotFoundError, ValueError):
+        name = f"{_hex(manifest_digest)}.{fingerprint}"
+        module_hex = self._verdicts.get(name)
+        if module_hex is None:
+            try:
+                module_hex = (self.verdicts_dir / name).read_text().strip()
+            except (FileNotFoundError, ValueError):
+                return False
+            if not is_sha256_hex(module_hex):
+                return False
+        if not self.has_module(module_hex):
+            self._verdicts.pop(name, None)  # evicted: from now on the file decides
             return False
-        return is_sha256_hex(module_hex) and self.has_module(module_hex)
+        self._verdicts[name] = module_hex
+        return True
 
     def record_verdict(self, manifest_digest: str, fingerprint: str, module_hex: str) -> None:
         """Keep a successful verification (failures are never kept: a retry looks again)."""
         self.verdicts_dir.mkdir(parents=True, exist_ok=True)
-        entry = self.verdicts_dir / f"{_hex(manifest_digest)}.{fingerprint}"
-        _write_index(entry, module_hex.encode())
+        name = f"{_hex(manifest_digest)}.{fingerprint}"
+        _write_index(self.verdicts_dir / name, module_hex.encode())
+        self._verdicts[name] = module_hex
 
     def prune_index(self) -> int:
         """Drop index entries that lead to no stored module; returns how many.

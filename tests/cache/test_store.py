@@ -512,6 +512,26 @@ def test_a_verdict_goes_with_its_module(store: ModuleStore) -> None:
     assert os.listdir(store.verdicts_dir) == []
 
 
+def test_a_verdict_is_read_once_then_answered_from_memory_while_its_module_stays(
+    store: ModuleStore,
+) -> None:
+    module_hex, _ = commit_bytes(store, make_module(300, "signed"))
+    key = "a" * 64
+    store.record_verdict(MANIFEST_DIGEST, key, module_hex)
+    entry = store.verdicts_dir / f"{MANIFEST_DIGEST.removeprefix('sha256:')}.{key}"
+    other = ModuleStore(store.root)  # e.g. after a restart: the file answers
+    assert other.has_verdict(MANIFEST_DIGEST, key)
+    entry.unlink()  # warm lookups read no file any more
+    assert store.has_verdict(MANIFEST_DIGEST, key)
+    assert other.has_verdict(MANIFEST_DIGEST, key)
+    with store.lock:
+        trash = store.discard_locked(module_hex)
+    assert trash is not None
+    assert not store.has_verdict(MANIFEST_DIGEST, key)  # evicted: forgotten
+    assert store.restore(trash, module_hex)
+    assert not store.has_verdict(MANIFEST_DIGEST, key)  # stored again: the file decides
+
+
 def test_exclusive_holds_the_root_lock_file(store: ModuleStore) -> None:
     probe = os.open(store.lock_file, os.O_RDWR | os.O_CREAT)
     try:
