@@ -74,7 +74,7 @@ class RegistryUploader:
             if not location:
                 raise FailedPrecondition(
                     f"registry {ref.registry} opened an upload without a Location while {what}; "
-                    "the registry is misbehaving"
+                    "check for a proxy that strips response headers, or push to another registry"
                 )
             target = _with_digest(urljoin(response.url or start, location), digest)
         headers = {"Content-Type": OCTET_STREAM}

@@ -221,3 +221,16 @@ def test_an_upload_on_another_host_gets_no_credentials(
     assert put.authorization is None
     assert put.body == BLOB
     assert put.query["digest"] == [sha256_digest(BLOB)]
+
+
+def test_an_upload_opened_without_a_location_is_reported(fake: FakeServer) -> None:
+    fake.route(f"/v2/{REPO}/blobs/{sha256_digest(BLOB)}", reply(b"", 404), method="HEAD")
+    fake.route(f"/v2/{REPO}/blobs/uploads/", reply(b"", 202), method="POST")
+    ref = Reference(fake.host, REPO, "v1")
+    options = RegistryOptions(insecure_registries=frozenset({fake.host}))
+    with (
+        RegistryClient(options) as client,
+        pytest.raises(FailedPrecondition, match="opened an upload without a Location") as error,
+    ):
+        RegistryUploader(client, None).push_blob(ref, BLOB, deadline())
+    assert "proxy" in error.value.message
